@@ -1,0 +1,80 @@
+//! The decryption side: unwrapped DEKs by id, with an age limit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use super::{CacheConfig, LoadedDek, Map, new_map};
+use crate::ids::{CompartmentId, DekId};
+
+/// Where a DEK being loaded comes from; part of the single-flight key so that envelopes with
+/// different headers for the same DEK id never share a result.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum DekSource {
+    /// From a self-contained header with this SHA-256.
+    Inline([u8; 32]),
+    /// From the DEK store, for this compartment.
+    Stored(CompartmentId),
+}
+
+/// An unwrapped DEK in the decryption cache.
+pub(crate) struct OpenDek {
+    pub(crate) dek: Arc<LoadedDek>,
+    expires_at: Instant,
+    refresh_at: Instant,
+    refresh_started: AtomicBool,
+}
+
+impl OpenDek {
+    pub(crate) fn new(dek: Arc<LoadedDek>, now: Instant, limits: &DecryptLimits) -> Self {
+        Self {
+            dek,
+            expires_at: now + limits.max_age,
+            refresh_at: now + limits.refresh_age,
+            refresh_started: AtomicBool::new(false),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        now < self.expires_at
+    }
+
+    #[inline]
+    pub(crate) fn refresh_due(&self, now: Instant) -> bool {
+        now >= self.refresh_at && !self.refresh_started.load(Relaxed)
+    }
+
+    pub(crate) fn claim_refresh(&self) -> bool {
+        !self.refresh_started.swap(true, Relaxed)
+    }
+
+    pub(crate) fn release_refresh(&self) {
+        self.refresh_started.store(false, Relaxed);
+    }
+}
+
+/// Age limits of the decryption side.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DecryptLimits {
+    max_age: Duration,
+    refresh_age: Duration,
+}
+
+/// DEK id -> unwrapped DEK, bounded in entries.
+pub(crate) struct DecryptCache {
+    pub(crate) map: Map<DekId, Arc<OpenDek>>,
+    pub(crate) limits: DecryptLimits,
+}
+
+impl DecryptCache {
+    pub(crate) fn new(config: &CacheConfig, evictions: Arc<AtomicU64>) -> Self {
+        Self {
+            map: new_map(config.decrypt_capacity, evictions),
+            limits: DecryptLimits {
+                max_age: config.decrypt_max_age,
+                refresh_age: config.decrypt_max_age.mul_f64(config.refresh_fraction),
+            },
+        }
+    }
+}

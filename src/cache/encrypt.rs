@@ -1,0 +1,198 @@
+//! The encryption side: one active DEK per compartment, with usage limits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use super::{CacheConfig, LoadedDek};
+use crate::ids::CompartmentId;
+
+/// Limits in the form the hot path checks them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EncryptLimits {
+    max_age: Duration,
+    refresh_age: Duration,
+    max_messages: u64,
+    refresh_messages: u64,
+    max_bytes: u64,
+    refresh_bytes: u64,
+}
+
+impl EncryptLimits {
+    fn new(c: &CacheConfig) -> Self {
+        let f = c.refresh_fraction;
+        let frac = |n: u64| ((n as f64 * f) as u64).clamp(1, n);
+        Self {
+            max_age: c.encrypt_max_age,
+            refresh_age: c.encrypt_max_age.mul_f64(f),
+            max_messages: c.encrypt_max_messages,
+            refresh_messages: frac(c.encrypt_max_messages),
+            max_bytes: c.encrypt_max_bytes,
+            refresh_bytes: frac(c.encrypt_max_bytes),
+        }
+    }
+}
+
+/// What a caller may do with the active DEK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reservation {
+    /// Use it.
+    Granted,
+    /// Use it, and a replacement should be prepared in the background.
+    GrantedRefreshDue,
+    /// It reached a limit: do not use it.
+    Exhausted,
+}
+
+/// The DEK a compartment's new data goes under, with its usage so far.
+pub(crate) struct ActiveDek {
+    pub(crate) dek: Arc<LoadedDek>,
+    expires_at: Instant,
+    refresh_at: Instant,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    refresh_started: AtomicBool,
+}
+
+impl ActiveDek {
+    pub(crate) fn new(dek: Arc<LoadedDek>, now: Instant, limits: &EncryptLimits) -> Self {
+        Self {
+            dek,
+            expires_at: now + limits.max_age,
+            refresh_at: now + limits.refresh_age,
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            refresh_started: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts one message of `len` bytes against the limits. Never grants more than
+    /// `max_messages` messages, so the 2^32 random-nonce ceiling holds under any concurrency.
+    #[inline]
+    pub(crate) fn reserve(&self, len: u64, now: Instant, limits: &EncryptLimits) -> Reservation {
+        if now >= self.expires_at {
+            return Reservation::Exhausted;
+        }
+        let before = self.messages.fetch_add(1, Relaxed);
+        if before >= limits.max_messages {
+            return Reservation::Exhausted;
+        }
+        let bytes_before = self.bytes.fetch_add(len, Relaxed);
+        if bytes_before >= limits.max_bytes {
+            return Reservation::Exhausted;
+        }
+        if before + 1 >= limits.refresh_messages
+            || bytes_before.saturating_add(len) >= limits.refresh_bytes
+            || now >= self.refresh_at
+        {
+            Reservation::GrantedRefreshDue
+        } else {
+            Reservation::Granted
+        }
+    }
+
+    /// Whether it can still take messages (a cheap check without reserving).
+    pub(crate) fn is_usable(&self, now: Instant, limits: &EncryptLimits) -> bool {
+        now < self.expires_at
+            && self.messages.load(Relaxed) < limits.max_messages
+            && self.bytes.load(Relaxed) < limits.max_bytes
+    }
+
+    /// Messages granted so far (for tests and stats).
+    #[cfg(test)]
+    pub(crate) fn messages(&self) -> u64 {
+        self.messages.load(Relaxed)
+    }
+
+    /// Claims the one background refresh of this DEK; false if it is claimed already.
+    #[inline]
+    pub(crate) fn claim_refresh(&self) -> bool {
+        !self.refresh_started.load(Relaxed) && !self.refresh_started.swap(true, Relaxed)
+    }
+
+    /// Gives the claim back after a failed refresh so a later caller can try again.
+    pub(crate) fn release_refresh(&self) {
+        self.refresh_started.store(false, Relaxed);
+    }
+}
+
+/// Compartment -> active DEK, bounded in entries.
+pub(crate) struct EncryptCache {
+    pub(crate) map: super::Map<CompartmentId, Arc<ActiveDek>>,
+    pub(crate) limits: EncryptLimits,
+}
+
+impl EncryptCache {
+    pub(crate) fn new(config: &CacheConfig, evictions: Arc<AtomicU64>) -> Self {
+        Self {
+            map: super::new_map(config.encrypt_capacity, evictions),
+            limits: EncryptLimits::new(config),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_messages: u64, max_bytes: u64) -> EncryptLimits {
+        let mut c = CacheConfig::default();
+        c.encrypt_max_messages = max_messages;
+        c.encrypt_max_bytes = max_bytes;
+        EncryptLimits::new(&c)
+    }
+
+    fn dek() -> Arc<LoadedDek> {
+        crate::internal::test_loaded_dek()
+    }
+
+    #[test]
+    fn message_limit_is_never_exceeded() {
+        let l = limits(4, u64::MAX);
+        let now = Instant::now();
+        let a = ActiveDek::new(dek(), now, &l);
+        let granted = (0..10)
+            .filter(|_| a.reserve(1, now, &l) != Reservation::Exhausted)
+            .count();
+        assert_eq!(granted, 4);
+        assert!(!a.is_usable(now, &l));
+        assert_eq!(a.messages(), 10);
+    }
+
+    #[test]
+    fn refresh_is_due_at_three_quarters() {
+        let l = limits(100, u64::MAX);
+        let now = Instant::now();
+        let a = ActiveDek::new(dek(), now, &l);
+        let first_due = (1..=100)
+            .find(|_| a.reserve(1, now, &l) == Reservation::GrantedRefreshDue)
+            .unwrap();
+        assert_eq!(first_due, 75);
+        assert!(a.claim_refresh());
+        assert!(!a.claim_refresh());
+        a.release_refresh();
+        assert!(a.claim_refresh());
+    }
+
+    #[test]
+    fn byte_limit_allows_one_oversized_message_then_retires() {
+        let l = limits(u64::MAX >> 1, 1000);
+        let now = Instant::now();
+        let a = ActiveDek::new(dek(), now, &l);
+        assert_ne!(a.reserve(5000, now, &l), Reservation::Exhausted);
+        assert_eq!(a.reserve(1, now, &l), Reservation::Exhausted);
+    }
+
+    #[test]
+    fn age_limit_retires() {
+        let l = limits(100, u64::MAX);
+        let now = Instant::now();
+        let a = ActiveDek::new(dek(), now, &l);
+        let later = now + CacheConfig::default().encrypt_max_age;
+        assert_eq!(a.reserve(1, later, &l), Reservation::Exhausted);
+        assert_eq!(
+            a.reserve(1, now + Duration::from_secs(230), &l),
+            Reservation::GrantedRefreshDue
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Reading envelopes: the fixed preamble, the body, and a header dump for `cmek inspect`.
+
+use serde::Serialize;
+
+use super::{DekRecord, Form, MAGIC, PREAMBLE_LEN, Suite, VERSION};
+use crate::cipher::{NONCE_LEN, TAG_LEN};
+use crate::error::{Error, Result};
+use crate::ids::{DEK_ID_LEN, DekId, hex_encode};
+
+/// The fixed first 20 bytes of every form: magic, version, form, suite and DEK id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Preamble {
+    pub(crate) form: Form,
+    pub(crate) suite: Suite,
+    pub(crate) dek_id: DekId,
+}
+
+impl Preamble {
+    /// Length of the preamble plus DEK id.
+    pub(crate) const LEN: usize = PREAMBLE_LEN + DEK_ID_LEN;
+
+    /// Reads and checks the preamble without parsing the rest.
+    #[inline]
+    pub(crate) fn peek(bytes: &[u8]) -> Result<Self> {
+        let Some(head) = bytes.first_chunk::<{ Self::LEN }>() else {
+            return Err(Error::invalid_input(if bytes.first() == Some(&MAGIC) || bytes.is_empty() {
+                "truncated envelope"
+            } else {
+                "not a cmek envelope (bad magic byte)"
+            }));
+        };
+        if head[0] != MAGIC {
+            return Err(Error::invalid_input("not a cmek envelope (bad magic byte)"));
+        }
+        if head[1] != VERSION {
+            return Err(Error::invalid_input(format!(
+                "unsupported envelope format version {} (this build reads version {VERSION})",
+                head[1]
+            )));
+        }
+        let form = Form::from_byte(head[2])?;
+        let suite = Suite::from_byte(head[3])?;
+        let mut id = [0u8; DEK_ID_LEN];
+        id.copy_from_slice(&head[PREAMBLE_LEN..]);
+        Ok(Self {
+            form,
+            suite,
+            dek_id: DekId::from_bytes(id),
+        })
+    }
+}
+
+/// Nonce, ciphertext and tag: what follows the header.
+pub(crate) struct Body<'a> {
+    pub(crate) nonce: &'a [u8; NONCE_LEN],
+    pub(crate) ciphertext: &'a [u8],
+    pub(crate) tag: &'a [u8; TAG_LEN],
+}
+
+/// Splits what follows a header into nonce, ciphertext and tag.
+#[inline]
+pub(crate) fn split_body(bytes: &[u8]) -> Result<Body<'_>> {
+    let Some((nonce, rest)) = bytes.split_first_chunk::<NONCE_LEN>() else {
+        return Err(Error::invalid_input("truncated envelope"));
+    };
+    let Some((ciphertext, tag)) = rest.split_last_chunk::<TAG_LEN>() else {
+        return Err(Error::invalid_input("truncated envelope"));
+    };
+    Ok(Body {
+        nonce,
+        ciphertext,
+        tag,
+    })
+}
+
+/// What an envelope's header says, for humans and tools; needs no key.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct EnvelopeInfo {
+    /// Format version.
+    pub format_version: u8,
+    /// Self-contained, compact or DEK record.
+    pub form: Form,
+    /// Cipher suite.
+    pub suite: Suite,
+    /// DEK id (hex).
+    pub dek_id: String,
+    /// Compartment (absent in compact envelopes).
+    pub compartment_id: Option<String>,
+    /// Key configuration (absent in compact envelopes).
+    pub key_config_id: Option<String>,
+    /// KMS provider (absent in compact envelopes).
+    pub provider: Option<String>,
+    /// Backend key reference (absent in compact envelopes).
+    pub key_id: Option<String>,
+    /// Backend key version (absent in compact envelopes).
+    pub key_version: Option<String>,
+    /// Key commitment, hex (absent in compact envelopes).
+    pub commitment: Option<String>,
+    /// Length of the wrapped DEK (absent in compact envelopes).
+    pub wrapped_dek_len: Option<usize>,
+    /// Header length in bytes (everything before the nonce).
+    pub header_len: usize,
+    /// Ciphertext length, equal to the plaintext length (absent for DEK records).
+    pub ciphertext_len: Option<usize>,
+}
+
+/// Parses an envelope's or DEK record's header.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if it is not a well-formed cmek envelope.
+pub fn inspect(bytes: &[u8]) -> Result<EnvelopeInfo> {
+    let pre = Preamble::peek(bytes)?;
+    let mut info = EnvelopeInfo {
+        format_version: VERSION,
+        form: pre.form,
+        suite: pre.suite,
+        dek_id: pre.dek_id.to_hex(),
+        compartment_id: None,
+        key_config_id: None,
+        provider: None,
+        key_id: None,
+        key_version: None,
+        commitment: None,
+        wrapped_dek_len: None,
+        header_len: Preamble::LEN,
+        ciphertext_len: None,
+    };
+    if pre.form != Form::Compact {
+        let (_, record, used) = DekRecord::decode(bytes)?;
+        info.compartment_id = Some(record.compartment.to_string());
+        info.key_config_id = Some(record.key_config.to_string());
+        info.provider = Some(record.wrapped.provider.as_str().to_owned());
+        info.key_id = Some(record.wrapped.key_id.clone());
+        info.key_version = Some(record.wrapped.key_version.clone());
+        info.commitment = Some(hex_encode(&record.commitment));
+        info.wrapped_dek_len = Some(record.wrapped.ciphertext.len());
+        info.header_len = used;
+    }
+    match pre.form {
+        Form::DekRecord => {
+            if info.header_len != bytes.len() {
+                return Err(Error::invalid_input("trailing bytes after DEK record"));
+            }
+        }
+        _ => info.ciphertext_len = Some(split_body(&bytes[info.header_len..])?.ciphertext.len()),
+    }
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_errors_are_specific() {
+        let msg = |b: &[u8]| Preamble::peek(b).unwrap_err().to_string();
+        let mut ok = vec![MAGIC, VERSION, 0x02, 0x01];
+        ok.extend_from_slice(&[0u8; 16]);
+        assert!(Preamble::peek(&ok).is_ok());
+        assert!(msg(&ok[..10]).contains("truncated"));
+        let mut bad = ok.clone();
+        bad[0] = 0x00;
+        assert!(msg(&bad).contains("magic"));
+        let mut bad = ok.clone();
+        bad[1] = 2;
+        assert!(msg(&bad).contains("version 2"));
+        let mut bad = ok.clone();
+        bad[2] = 9;
+        assert!(msg(&bad).contains("form"));
+        let mut bad = ok.clone();
+        bad[3] = 7;
+        assert!(msg(&bad).contains("suite 0x07"));
+    }
+
+    #[test]
+    fn body_needs_nonce_and_tag() {
+        assert!(split_body(&[0u8; 27]).is_err());
+        let b = split_body(&[0u8; 28]).unwrap();
+        assert!(b.ciphertext.is_empty());
+    }
+}

@@ -1,0 +1,94 @@
+//! The envelope format v1: bytes in, structs out, no keys and no I/O. Specified in `docs/FORMAT.md`.
+//!
+//! Three byte strings share one 4-byte preamble (magic, version, form, suite) followed by the DEK id:
+//!
+//! * a **self-contained envelope**: preamble, [`DekRecord`] fields, nonce, ciphertext, tag;
+//! * a **compact envelope**: preamble, DEK id, nonce, ciphertext, tag (48 bytes of overhead);
+//! * a **DEK record**: preamble and the [`DekRecord`] fields, stored once per DEK for compact envelopes.
+
+mod envelope;
+mod record;
+
+use sha2::{Digest, Sha256};
+
+pub use envelope::{EnvelopeInfo, inspect};
+pub(crate) use envelope::{Preamble, split_body};
+pub use record::DekRecord;
+
+use crate::error::{Error, Result};
+
+/// First byte of every cmek envelope and DEK record.
+pub const MAGIC: u8 = 0xCE;
+/// The format version this crate writes and reads.
+pub const VERSION: u8 = 0x01;
+/// Length of the preamble (magic, version, form, suite).
+pub const PREAMBLE_LEN: usize = 4;
+/// Length of the key commitment.
+pub const COMMITMENT_LEN: usize = 32;
+/// Offset of the DEK id, the same in every form.
+pub const DEK_ID_OFFSET: usize = PREAMBLE_LEN;
+/// Bytes a compact envelope adds to the plaintext: preamble, DEK id, nonce and tag.
+pub const COMPACT_OVERHEAD: usize =
+    PREAMBLE_LEN + crate::ids::DEK_ID_LEN + crate::cipher::NONCE_LEN + crate::cipher::TAG_LEN;
+/// Longest wrapped DEK accepted (RSA-4096 gives 512 bytes; cloud KMS blobs are a few hundred).
+pub const MAX_WRAPPED_LEN: usize = 4096;
+/// Longest backend key reference accepted (an ARN or resource name).
+pub const MAX_KEY_ID_LEN: usize = 2048;
+/// Longest backend key version accepted.
+pub const MAX_KEY_VERSION_LEN: usize = 255;
+
+/// Which of the three byte strings this is (byte 2 of the preamble).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Form {
+    /// The wrapped DEK travels in the envelope (objects, files).
+    SelfContained = 0x01,
+    /// Only the DEK id travels; the wrapped DEK sits in a stored [`DekRecord`] (small records).
+    Compact = 0x02,
+    /// A stored DEK record.
+    DekRecord = 0x03,
+}
+
+impl Form {
+    fn from_byte(b: u8) -> Result<Self> {
+        match b {
+            0x01 => Ok(Self::SelfContained),
+            0x02 => Ok(Self::Compact),
+            0x03 => Ok(Self::DekRecord),
+            other => Err(Error::invalid_input(format!(
+                "unknown envelope form 0x{other:02x}"
+            ))),
+        }
+    }
+}
+
+/// The cipher suite (byte 3 of the preamble).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[non_exhaustive]
+pub enum Suite {
+    /// AES-256-GCM, random 96-bit nonces, message key and 256-bit key commitment derived from the
+    /// DEK with HKDF-SHA256.
+    #[serde(rename = "AES-256-GCM/HKDF-SHA256/commit")]
+    Aes256GcmHkdfSha256 = 0x01,
+}
+
+impl Suite {
+    fn from_byte(b: u8) -> Result<Self> {
+        match b {
+            0x01 => Ok(Self::Aes256GcmHkdfSha256),
+            other => Err(Error::invalid_input(format!(
+                "unsupported cipher suite 0x{other:02x}"
+            ))),
+        }
+    }
+}
+
+/// SHA-256 of a byte string; the per-DEK header digests are computed once per DEK.
+pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}

@@ -1,0 +1,246 @@
+//! Identifiers: compartments, key configurations and data keys.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// Longest accepted compartment or key configuration id, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+
+fn validate_id(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > MAX_ID_LEN {
+        return Err(Error::invalid_input(format!(
+            "{what} must be 1 to {MAX_ID_LEN} bytes long, got {}",
+            s.len()
+        )));
+    }
+    if s.starts_with('.') {
+        return Err(Error::invalid_input(format!(
+            "{what} must not start with '.'"
+        )));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@')))
+    {
+        return Err(Error::invalid_input(format!(
+            "{what} may hold only ASCII letters, digits and - _ . : @ (found {c:?})"
+        )));
+    }
+    Ok(())
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        ///
+        /// 1 to 128 bytes of ASCII letters, digits and `- _ . : @`, not starting with `.`; cloning is cheap.
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates and wraps an id.
+            ///
+            /// # Errors
+            /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if it is empty, too long
+            /// or holds other characters.
+            pub fn new(id: impl AsRef<str>) -> Result<Self> {
+                let id = id.as_ref();
+                validate_id($what, id)?;
+                Ok(Self(Arc::from(id)))
+            }
+
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = Error;
+            fn try_from(s: &str) -> Result<Self> {
+                Self::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self> {
+                Self::new(s)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::new(&*s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// The compartment (workspace, tenant, project) that data belongs to; data keys are bound to it.
+    CompartmentId,
+    "compartment id"
+);
+
+string_id!(
+    /// The key configuration (for example an `ekey_...` external key) that wraps a compartment's data keys.
+    KeyConfigId,
+    "key configuration id"
+);
+
+/// Length of a [`DekId`] in bytes.
+pub const DEK_ID_LEN: usize = 16;
+
+/// The random 128-bit id of one data-encryption key. Public: it travels in every envelope.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DekId([u8; DEK_ID_LEN]);
+
+impl DekId {
+    /// Draws a fresh random id.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transient`](crate::ErrorKind::Transient) if the OS random generator fails.
+    pub fn random() -> Result<Self> {
+        let mut id = [0u8; DEK_ID_LEN];
+        getrandom::fill(&mut id)
+            .map_err(|e| Error::transient(format!("OS random generator failed: {e}")))?;
+        Ok(Self(id))
+    }
+
+    /// Wraps raw bytes.
+    pub const fn from_bytes(bytes: [u8; DEK_ID_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw bytes.
+    pub const fn as_bytes(&self) -> &[u8; DEK_ID_LEN] {
+        &self.0
+    }
+
+    /// Lower-case hex, 32 characters.
+    pub fn to_hex(&self) -> String {
+        hex_encode(&self.0)
+    }
+
+    /// Parses 32 hex characters.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) on anything else.
+    pub fn from_hex(s: &str) -> Result<Self> {
+        let bytes = hex_decode(s).ok_or_else(|| Error::invalid_input("invalid DEK id hex"))?;
+        let bytes: [u8; DEK_ID_LEN] = bytes
+            .try_into()
+            .map_err(|_| Error::invalid_input("a DEK id is 32 hex characters"))?;
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Debug for DekId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DekId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for DekId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+pub(crate) fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    s
+}
+
+pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let s = s.as_bytes();
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    s.chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_uuids_and_ekey_ids() {
+        CompartmentId::new("f8a7b6c5-4d3e-4f1a-8b9c-0d1e2f3a4b5c").unwrap();
+        KeyConfigId::new("ekey_01SDCCSbTxrXDpWc1phhtcfK").unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_ids() {
+        for bad in ["", ".hidden", "a/b", "with space", "tab\t", "é", &"x".repeat(129)] {
+            let err = CompartmentId::new(bad).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dek_id_hex_round_trip() {
+        let id = DekId::random().unwrap();
+        assert_eq!(DekId::from_hex(&id.to_hex()).unwrap(), id);
+        assert!(DekId::from_hex("zz").is_err());
+        assert!(DekId::from_hex("00").is_err());
+    }
+}

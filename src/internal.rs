@@ -1,0 +1,145 @@
+//! Hooks for tests, fuzzing, benchmarks and golden vectors. Not part of the public API:
+//! anything here may change in any release.
+
+use crate::cache::LoadedDek;
+use crate::cipher::{CipherKey, CipherProvider, NONCE_LEN, TAG_LEN};
+use crate::error::Result;
+use crate::format::{DekRecord, Form, Preamble, Suite};
+use crate::ids::{CompartmentId, DekId, KeyConfigId};
+use crate::key::{DataKey, DekMaterial};
+use crate::kms::WrappedKey;
+
+/// A raw AES-256-GCM key of one provider, for Wycheproof tests and raw-cipher benchmarks.
+#[derive(Debug)]
+pub struct RawCipher(CipherKey);
+
+impl RawCipher {
+    /// Expands `key` with `provider`.
+    ///
+    /// # Errors
+    /// Never for a 32-byte key.
+    pub fn new(provider: CipherProvider, key: &[u8; 32]) -> Result<Self> {
+        Ok(Self(CipherKey::new(provider, key)?))
+    }
+
+    /// Out-of-place seal: `out` = ciphertext || tag.
+    ///
+    /// # Errors
+    /// Wrong output length.
+    #[inline]
+    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], pt: &[u8], out: &mut [u8]) -> Result<()> {
+        self.0.seal(nonce, aad, pt, out)
+    }
+
+    /// In-place seal, tag returned.
+    ///
+    /// # Errors
+    /// Message too long.
+    #[inline]
+    pub fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN]> {
+        self.0.seal_in_place(nonce, aad, buf)
+    }
+
+    /// Out-of-place open.
+    ///
+    /// # Errors
+    /// Integrity failure.
+    #[inline]
+    pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ct: &[u8], tag: &[u8; TAG_LEN], out: &mut [u8]) -> Result<()> {
+        self.0.open(nonce, aad, ct, tag, out)
+    }
+
+    /// In-place open.
+    ///
+    /// # Errors
+    /// Integrity failure.
+    #[inline]
+    pub fn open_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<()> {
+        self.0.open_in_place(nonce, aad, buf, tag)
+    }
+}
+
+/// Parses a header (self-contained or record form) and re-encodes it, for round-trip fuzzing:
+/// returns the bytes consumed and the re-encoding.
+///
+/// # Errors
+/// Whatever the parser rejects.
+pub fn header_round_trip(bytes: &[u8]) -> Result<(usize, Vec<u8>)> {
+    let (form, record, used) = DekRecord::decode(bytes)?;
+    let mut out = Vec::new();
+    record.encode(form, &mut out);
+    Ok((used, out))
+}
+
+/// Deterministic encryption from given parts, for golden test vectors: seals `plaintext` with
+/// the DEK `dek` under `record`'s header in `form` with `nonce`.
+///
+/// # Errors
+/// Commitment mismatch between `dek` and `record`.
+pub fn seal_with(
+    dek: &DataKey,
+    record: &DekRecord,
+    form: Form,
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>> {
+    let material = DekMaterial::derive_committed(
+        dek,
+        &record.dek_id,
+        record.suite,
+        CipherProvider::default(),
+        &record.commitment,
+    )?;
+    let loaded = LoadedDek::new(record, material);
+    let (header, digest) = loaded.header_for(form);
+    let mut out = header.to_vec();
+    out.extend_from_slice(nonce);
+    let mut body = vec![0u8; plaintext.len() + TAG_LEN];
+    let mut full_aad = digest.to_vec();
+    full_aad.extend_from_slice(aad);
+    loaded.material.cipher.seal(nonce, &full_aad, plaintext, &mut body)?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Builds a DEK record for `dek` (computing its commitment) around an already wrapped key.
+///
+/// # Errors
+/// Never for valid inputs.
+pub fn record_for(
+    dek: &DataKey,
+    dek_id: DekId,
+    compartment: CompartmentId,
+    key_config: KeyConfigId,
+    wrapped: WrappedKey,
+) -> Result<DekRecord> {
+    let material = DekMaterial::derive(dek, &dek_id, Suite::Aes256GcmHkdfSha256, CipherProvider::default())?;
+    Ok(DekRecord {
+        suite: Suite::Aes256GcmHkdfSha256,
+        dek_id,
+        compartment,
+        key_config,
+        wrapped,
+        commitment: material.commitment,
+    })
+}
+
+/// The fixed preamble length (magic, version, form, suite, DEK id).
+pub const PREAMBLE_WITH_ID_LEN: usize = Preamble::LEN;
+
+#[cfg(test)]
+pub(crate) fn test_loaded_dek() -> std::sync::Arc<LoadedDek> {
+    use crate::kms::Provider;
+    let dek = DataKey::generate().unwrap();
+    let record = record_for(
+        &dek,
+        DekId::random().unwrap(),
+        CompartmentId::new("c").unwrap(),
+        KeyConfigId::new("k").unwrap(),
+        WrappedKey::new(Provider::Local, "local:t", "1", vec![1; 60]),
+    )
+    .unwrap();
+    let material = DekMaterial::derive(&dek, &record.dek_id, record.suite, CipherProvider::default()).unwrap();
+    std::sync::Arc::new(LoadedDek::new(&record, material))
+}

@@ -1,0 +1,265 @@
+//! The seam to key management services: the [`KmsBackend`] trait and the types it speaks.
+
+#[cfg(feature = "local")]
+pub mod local;
+mod resolver;
+mod retry;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use resolver::{KeyBinding, KeyResolver, StaticKey};
+pub use retry::RetryPolicy;
+
+use crate::error::{Error, Result};
+use crate::ids::{CompartmentId, KeyConfigId};
+use crate::key::DataKey;
+
+/// Which kind of KMS holds a key. Recorded in every envelope header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Provider {
+    /// The local key-file backend (also the provider-managed key).
+    Local,
+    /// AWS KMS.
+    Aws,
+    /// Google Cloud KMS.
+    Gcp,
+    /// Azure Key Vault.
+    Azure,
+    /// Any other backend implemented outside this crate.
+    Other,
+}
+
+impl Provider {
+    /// A short stable name: `local`, `aws`, `gcp`, `azure` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Aws => "aws",
+            Self::Gcp => "gcp",
+            Self::Azure => "azure",
+            Self::Other => "other",
+        }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::Other => 0x00,
+            Self::Local => 0x01,
+            Self::Aws => 0x02,
+            Self::Gcp => 0x03,
+            Self::Azure => 0x04,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Result<Self> {
+        Ok(match code {
+            0x00 => Self::Other,
+            0x01 => Self::Local,
+            0x02 => Self::Aws,
+            0x03 => Self::Gcp,
+            0x04 => Self::Azure,
+            other => {
+                return Err(Error::invalid_input(format!(
+                    "unknown KMS provider code 0x{other:02x}"
+                )));
+            }
+        })
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The key a backend wraps new DEKs under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyDescription {
+    /// The kind of KMS.
+    pub provider: Provider,
+    /// The backend's key reference: key ARN, Cloud KMS resource name, Key Vault key id, local key id.
+    pub key_id: String,
+    /// The version new DEKs are wrapped under, when the backend knows it ahead of time.
+    pub key_version: Option<String>,
+}
+
+impl KeyDescription {
+    /// Describes a key.
+    pub fn new(provider: Provider, key_id: impl Into<String>, key_version: Option<String>) -> Self {
+        Self {
+            provider,
+            key_id: key_id.into(),
+            key_version,
+        }
+    }
+}
+
+/// Where a wrapped DEK may be used: the compartment and the key configuration.
+///
+/// Backends bind the wrapped DEK to it: AWS sends it as EncryptionContext (see
+/// [`WrapContext::pairs`]), GCP and the local backend as additional authenticated data (see
+/// [`WrapContext::canonical_bytes`]). Azure's `wrapKey` takes no AAD; there the envelope header binds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrapContext<'a> {
+    compartment: &'a CompartmentId,
+    key_config: &'a KeyConfigId,
+}
+
+impl<'a> WrapContext<'a> {
+    /// The context of DEKs of `compartment` wrapped under `key_config`.
+    pub fn new(compartment: &'a CompartmentId, key_config: &'a KeyConfigId) -> Self {
+        Self {
+            compartment,
+            key_config,
+        }
+    }
+
+    /// The compartment.
+    pub fn compartment(&self) -> &'a CompartmentId {
+        self.compartment
+    }
+
+    /// The key configuration.
+    pub fn key_config(&self) -> &'a KeyConfigId {
+        self.key_config
+    }
+
+    /// Key-value pairs, as AWS KMS EncryptionContext (`compartment_id`, `key_config_id`).
+    pub fn pairs(&self) -> [(&'static str, &'a str); 2] {
+        [
+            ("compartment_id", self.compartment.as_str()),
+            ("key_config_id", self.key_config.as_str()),
+        ]
+    }
+
+    /// The canonical byte encoding used as AAD:
+    /// `cmek:v1;compartment_id=<compartment>;key_config_id=<key config>`.
+    ///
+    /// Unambiguous because ids cannot contain `;` or `=`.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        format!(
+            "cmek:v1;compartment_id={};key_config_id={}",
+            self.compartment, self.key_config
+        )
+        .into_bytes()
+    }
+}
+
+/// A DEK wrapped by a backend, with the key reference and key version that can unwrap it.
+///
+/// Public data: it travels in envelope headers and DEK records.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WrappedKey {
+    /// The kind of KMS that wrapped it.
+    pub provider: Provider,
+    /// The backend key reference (ARN, resource name, key id).
+    pub key_id: String,
+    /// The key version that wrapped it (empty when the ciphertext itself names it, as on AWS).
+    pub key_version: String,
+    /// The wrapped bytes.
+    pub ciphertext: Vec<u8>,
+}
+
+impl WrappedKey {
+    /// Bundles a wrapped DEK with its key reference and version.
+    pub fn new(
+        provider: Provider,
+        key_id: impl Into<String>,
+        key_version: impl Into<String>,
+        ciphertext: Vec<u8>,
+    ) -> Self {
+        Self {
+            provider,
+            key_id: key_id.into(),
+            key_version: key_version.into(),
+            ciphertext,
+        }
+    }
+}
+
+impl fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WrappedKey")
+            .field("provider", &self.provider)
+            .field("key_id", &self.key_id)
+            .field("key_version", &self.key_version)
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+/// A key management service that wraps and unwraps data keys.
+///
+/// Implementations hold the customer's key reference and a client for the service. They must be
+/// cheap to share (`Arc<dyn KmsBackend>`) and safe to call from many tasks at once. Retries,
+/// timeouts and caching are done by the [`Client`](crate::Client) around them; a backend maps the
+/// service's errors onto [`ErrorKind`](crate::ErrorKind)s so those layers can decide.
+///
+/// Every backend must pass [`testkit::conformance`](crate::testkit::conformance) (feature `testkit`).
+#[async_trait]
+pub trait KmsBackend: Send + Sync + fmt::Debug + 'static {
+    /// The kind of KMS, recorded in envelope headers and checked before unwrapping.
+    fn provider(&self) -> Provider;
+
+    /// The key new DEKs are wrapped under.
+    ///
+    /// # Errors
+    /// The backend's error when the key cannot be looked up.
+    async fn describe(&self) -> Result<KeyDescription>;
+
+    /// Wraps `dek` under the backend's key, bound to `context`.
+    ///
+    /// # Errors
+    /// Permission, not-found, revoked, throttled or transient errors from the service.
+    async fn wrap(&self, dek: &DataKey, context: &WrapContext<'_>) -> Result<WrappedKey>;
+
+    /// Unwraps a DEK wrapped by [`KmsBackend::wrap`] under the same `context`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Integrity`](crate::ErrorKind::Integrity) when the wrapped key was tampered
+    /// with or the context differs; otherwise as for `wrap`.
+    async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<DataKey>;
+}
+
+/// A shareable backend.
+pub type DynKmsBackend = dyn KmsBackend;
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<T: KmsBackend + ?Sized> KmsBackend for Arc<T> {
+    fn provider(&self) -> Provider {
+        (**self).provider()
+    }
+    async fn describe(&self) -> Result<KeyDescription> {
+        (**self).describe().await
+    }
+    async fn wrap(&self, dek: &DataKey, context: &WrapContext<'_>) -> Result<WrappedKey> {
+        (**self).wrap(dek, context).await
+    }
+    async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<DataKey> {
+        (**self).unwrap(wrapped, context).await
+    }
+}
+
+/// Lets a test or an operator flip a key between enabled and disabled; used by the conformance
+/// suite to check that a disabled key gives [`ErrorKind::KeyRevoked`](crate::ErrorKind::KeyRevoked).
+#[async_trait]
+pub trait KeyStateControl: Send + Sync {
+    /// Disables the key the backend uses.
+    ///
+    /// # Errors
+    /// When the key state cannot be changed.
+    async fn disable_key(&self) -> Result<()>;
+    /// Enables it again.
+    ///
+    /// # Errors
+    /// When the key state cannot be changed.
+    async fn enable_key(&self) -> Result<()>;
+}

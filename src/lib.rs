@@ -1,0 +1,35 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(rustdoc::broken_intra_doc_links)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod cache;
+mod cipher;
+mod client;
+mod error;
+pub mod format;
+mod ids;
+mod key;
+pub mod kms;
+pub mod store;
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub mod testkit;
+
+#[doc(hidden)]
+pub mod internal;
+
+pub use cache::{CacheConfig, Stats};
+pub use cipher::{CipherProvider, MAX_PLAINTEXT_LEN, NONCE_LEN, TAG_LEN};
+pub use client::{Client, ClientBuilder, RevokeMode};
+pub use error::{Error, ErrorKind, Result};
+pub use format::{DekRecord, EnvelopeInfo, inspect};
+pub use ids::{CompartmentId, DEK_ID_LEN, DekId, KeyConfigId, MAX_ID_LEN};
+pub use key::{DATA_KEY_LEN, DataKey};
+#[cfg(feature = "local")]
+pub use kms::local::LocalKms;
+pub use kms::{
+    DynKmsBackend, KeyBinding, KeyDescription, KeyResolver, KmsBackend, Provider, RetryPolicy,
+    StaticKey, WrapContext, WrappedKey,
+};
+pub use store::{DekStore, FileDekStore, MemoryDekStore};
