@@ -1,0 +1,40 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cmek::testkit::FaultyKms;
+use cmek::{CacheConfig, Client, CompartmentId, KeyConfigId, MemoryDekStore, RetryPolicy};
+
+pub fn compartment(name: &str) -> CompartmentId {
+    CompartmentId::new(name).unwrap()
+}
+
+pub fn key_config() -> KeyConfigId {
+    KeyConfigId::new("local").unwrap()
+}
+
+/// Retries quickly so failure tests stay fast.
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(5))
+}
+
+/// A client over a fault-injecting in-memory key, with a memory DEK store.
+pub fn faulty_client(cache: CacheConfig) -> (Client, Arc<FaultyKms>) {
+    let kms = Arc::new(FaultyKms::in_memory().unwrap());
+    let client = Client::builder()
+        .key(key_config(), kms.clone())
+        .dek_store(Arc::new(MemoryDekStore::new()))
+        .cache(cache)
+        .retry(fast_retry())
+        .build()
+        .unwrap();
+    (client, kms)
+}
+
+/// Every cipher provider compiled in.
+pub fn providers() -> &'static [cmek::CipherProvider] {
+    cmek::CipherProvider::available()
+}
