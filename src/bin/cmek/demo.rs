@@ -11,6 +11,14 @@ use rand::{RngExt as _, SeedableRng as _};
 
 use crate::cli::DemoArgs;
 
+/// `println!` that ignores a closed stdout (`cmek demo | head` must not panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Records a worker keeps for reading back (its "hot set").
 const RING: usize = 256;
 
@@ -80,13 +88,13 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
             .collect::<cmek::Result<_>>()?,
     );
     let tasks = args.tasks.max(1);
-    println!("cmek demo: the embedded default (local key file, file DEK store)");
-    println!("  key file       {} ({}, version {})", key_path.display(), kms.key_id(), kms.primary_version());
-    println!("  DEK records    {}", records_dir.display());
-    println!("  cipher         AES-256-GCM via {}", client.cipher_provider());
-    println!("  workload       {} records over {} compartments (skewed), {} tasks;", args.records, compartments.len(), tasks);
-    println!("                 75% rows 64-512 B (compact), 22% documents 1-4 KiB and 3% blobs 32 KiB (self-contained);");
-    println!("                 every write is followed by a read of a recent record of the same task");
+    say!("cmek demo: the embedded default (local key file, file DEK store)");
+    say!("  key file       {} ({}, version {})", key_path.display(), kms.key_id(), kms.primary_version());
+    say!("  DEK records    {}", records_dir.display());
+    say!("  cipher         AES-256-GCM via {}", client.cipher_provider());
+    say!("  workload       {} records over {} compartments (skewed), {} tasks;", args.records, compartments.len(), tasks);
+    say!("                 75% rows 64-512 B (compact), 22% documents 1-4 KiB and 3% blobs 32 KiB (self-contained);");
+    say!("                 every write is followed by a read of a recent record of the same task");
 
     // Phase 1: writes and reads of recent records, all tasks at once.
     let started = Instant::now();
@@ -143,11 +151,11 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let written = (per_task * tasks) as u64;
     let stats = client.stats();
-    println!();
-    println!("write + read phase");
-    println!("  records        {written} written ({compact} compact, {} self-contained), {reads} read back and verified", written - compact);
-    println!("  bytes          {:.1} MB of plaintext written", bytes as f64 / 1e6);
-    println!("  throughput     {:.0} operations/s, {:.0} MB/s of plaintext written, in {secs:.2} s", (written + reads) as f64 / secs, bytes as f64 / 1e6 / secs);
+    say!();
+    say!("write + read phase");
+    say!("  records        {written} written ({compact} compact, {} self-contained), {reads} read back and verified", written - compact);
+    say!("  bytes          {:.1} MB of plaintext written", bytes as f64 / 1e6);
+    say!("  throughput     {:.0} operations/s, {:.0} MB/s of plaintext written, in {secs:.2} s", (written + reads) as f64 / secs, bytes as f64 / 1e6 / secs);
     report_kms(&stats, written + reads);
 
     // Phase 2: a restart. A new client with a cold cache reads back what the tasks kept.
@@ -159,9 +167,9 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
         restarted.decrypt_into(&compartments[w.compartment], &w.envelope, aad.as_bytes(), &mut opened).await?;
     }
     let cold = restarted.stats();
-    println!();
-    println!("restart: a new client (cold cache) reads back {} records in {:.2} s", kept.len(), started.elapsed().as_secs_f64());
-    println!("  KMS calls      {} unwraps for {} distinct DEKs: one per DEK, then cache hits (hit ratio {:.2}%)",
+    say!();
+    say!("restart: a new client (cold cache) reads back {} records in {:.2} s", kept.len(), started.elapsed().as_secs_f64());
+    say!("  KMS calls      {} unwraps for {} distinct DEKs: one per DEK, then cache hits (hit ratio {:.2}%)",
         cold.kms_unwrap_calls, cold.decrypt_misses, cold.hit_ratio() * 100.0);
 
     // Phase 3: rotation of the local key. New DEKs go under the new version; old data still opens.
@@ -174,26 +182,26 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
     let (task, w) = &kept[0];
     let aad = format!("{task}/{}", w.index);
     restarted.decrypt_into(&compartments[w.compartment], &w.envelope, aad.as_bytes(), &mut opened).await?;
-    println!();
-    println!("rotation: local key rotated to version {version}");
-    println!("  new data       wrapped under key version {}", info.key_version.as_deref().unwrap_or("?"));
-    println!("  old data       still decrypts (written under version 1)");
-    println!();
-    println!("a self-contained envelope's header (what `cmek inspect` prints):");
+    say!();
+    say!("rotation: local key rotated to version {version}");
+    say!("  new data       wrapped under key version {}", info.key_version.as_deref().unwrap_or("?"));
+    say!("  old data       still decrypts (written under version 1)");
+    say!();
+    say!("a self-contained envelope's header (what `cmek inspect` prints):");
     let json = serde_json::to_string_pretty(&info).unwrap_or_default();
-    println!("{json}");
+    say!("{json}");
     Ok(())
 }
 
 fn report_kms(stats: &Stats, operations: u64) {
     let calls = stats.kms_calls();
-    println!(
+    say!(
         "  KMS calls      {} wraps + {} unwraps = {calls} for {operations} operations ({:.1} per million)",
         stats.kms_wrap_calls,
         stats.kms_unwrap_calls,
         calls as f64 * 1e6 / operations.max(1) as f64
     );
-    println!(
+    say!(
         "  cache          hit ratio {:.4}%, {} DEKs created, {} background refreshes, {} evictions",
         stats.hit_ratio() * 100.0,
         stats.deks_created,
