@@ -6,6 +6,8 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use coarsetime::Instant as CoarseInstant;
+
 use futures_util::FutureExt;
 use rand::Rng as _;
 
@@ -217,8 +219,8 @@ impl Client {
         aad: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let active = self.inner.encryption_dek(compartment, plaintext).await?;
-        seal_envelope(&active.dek, Form::SelfContained, plaintext, aad, out)
+        self.encrypt_as(Form::SelfContained, compartment, plaintext, aad, out)
+            .await
     }
 
     /// Encrypts into a compact envelope (48 bytes of overhead): only the DEK id travels; the
@@ -254,8 +256,37 @@ impl Client {
                 "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",
             ));
         }
-        let active = self.inner.encryption_dek(compartment, plaintext).await?;
-        seal_envelope(&active.dek, Form::Compact, plaintext, aad, out)
+        self.encrypt_as(Form::Compact, compartment, plaintext, aad, out)
+            .await
+    }
+
+    /// Seals with the cached DEK in place (no await, no allocation, no reference counting), or
+    /// with a new DEK from the boxed slow path.
+    #[inline]
+    async fn encrypt_as(
+        &self,
+        form: Form,
+        compartment: &CompartmentId,
+        plaintext: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let len = plaintext.len() as u64;
+        if len > MAX_PLAINTEXT_LEN {
+            return Err(Error::invalid_input("plaintext longer than 64 GiB"));
+        }
+        let stale = match self.inner.with_cached_encryption_dek(compartment, len, |dek| {
+            seal_envelope(dek, form, plaintext, aad, out)
+        }) {
+            Ok(sealed) => return sealed,
+            Err(stale) => stale,
+        };
+        let active = self
+            .inner
+            .encryption_dek_slow(compartment, len, stale)
+            .boxed()
+            .await?;
+        seal_envelope(&active.dek, form, plaintext, aad, out)
     }
 
     /// Decrypts an envelope (either form) of `compartment`, checking `aad`.
@@ -303,15 +334,15 @@ impl Client {
         aad: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let (dek, form) = self.inner.decryption_dek(compartment, envelope).await?;
-        let (header, digest) = dek.header_for(form);
-        let body = split_body(&envelope[header.len()..])?;
-        overwrite_len(out, body.ciphertext.len());
-        with_aad(digest, aad, |aad| {
-            dek.material
-                .cipher
-                .open(body.nonce, aad, body.ciphertext, body.tag, out)
-        })
+        let pre = peek_envelope(envelope)?;
+        let hit = self.inner.with_cached_decryption_dek(compartment, &pre, |dek| {
+            header_fits(dek, envelope, pre.form).then(|| open_into(dek, pre.form, envelope, aad, out))
+        });
+        if let Some(opened) = hit {
+            return opened;
+        }
+        let open = self.inner.load_decryption_dek(compartment, envelope, pre).boxed().await?;
+        open_into(&open.dek, pre.form, envelope, aad, out)
     }
 
     /// Decrypts an envelope in place and returns the plaintext, a sub-slice of `envelope`.
@@ -325,22 +356,46 @@ impl Client {
         envelope: &'a mut [u8],
         aad: &[u8],
     ) -> Result<&'a mut [u8]> {
-        let (dek, form) = self.inner.decryption_dek(compartment, envelope).await?;
-        let (header, digest) = dek.header_for(form);
-        let rest = &mut envelope[header.len()..];
-        if rest.len() < NONCE_LEN + TAG_LEN {
-            return Err(Error::invalid_input("truncated envelope"));
-        }
-        let (nonce, rest) = rest.split_at_mut(NONCE_LEN);
-        let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
-        let nonce: [u8; NONCE_LEN] = (&*nonce).try_into().map_err(|_| Error::integrity())?;
-        let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| Error::integrity())?;
+        let pre = peek_envelope(envelope)?;
+        let hit = self.inner.with_cached_decryption_dek(compartment, &pre, |dek| {
+            header_fits(dek, envelope, pre.form).then(|| open_in_place(dek, pre.form, envelope, aad))
+        });
+        let range = match hit {
+            Some(opened) => opened?,
+            None => {
+                let open = self
+                    .inner
+                    .load_decryption_dek(compartment, envelope, pre)
+                    .boxed()
+                    .await?;
+                open_in_place(&open.dek, pre.form, envelope, aad)?
+            }
+        };
+        Ok(&mut envelope[range])
+    }
+
+    /// See [`crate::internal::partner_tag`].
+    pub(crate) async fn partner_tag(
+        &self,
+        compartment: &CompartmentId,
+        envelope: &[u8],
+        aad: &[u8],
+    ) -> Result<[u8; TAG_LEN]> {
+        let pre = peek_envelope(envelope)?;
+        let open = self
+            .inner
+            .load_decryption_dek(compartment, envelope, pre)
+            .boxed()
+            .await?;
+        let dek = &open.dek;
+        let (header, digest) = dek.header_for(pre.form);
+        let body = split_body(&envelope[header.len()..])?;
+        let mut ciphertext = body.ciphertext.to_vec();
         with_aad(digest, aad, |aad| {
             dek.material
                 .cipher
-                .open_in_place(&nonce, aad, ciphertext, &tag)
-        })?;
-        Ok(ciphertext)
+                .seal_in_place(body.nonce, aad, &mut ciphertext)
+        })
     }
 
     /// Drops every cached DEK of `compartment`; its next encryption makes a new DEK.
@@ -422,6 +477,60 @@ fn seal_envelope(
     sealed
 }
 
+/// Decrypts the body of `envelope` into `out`.
+#[inline]
+fn open_into(dek: &LoadedDek, form: Form, envelope: &[u8], aad: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let (header, digest) = dek.header_for(form);
+    let body = split_body(&envelope[header.len()..])?;
+    overwrite_len(out, body.ciphertext.len());
+    with_aad(digest, aad, |aad| {
+        dek.material
+            .cipher
+            .open(body.nonce, aad, body.ciphertext, body.tag, out)
+    })
+}
+
+/// Decrypts the body of `envelope` in place; returns where the plaintext is.
+#[inline]
+fn open_in_place(
+    dek: &LoadedDek,
+    form: Form,
+    envelope: &mut [u8],
+    aad: &[u8],
+) -> Result<std::ops::Range<usize>> {
+    let (header, digest) = dek.header_for(form);
+    let start = header.len() + NONCE_LEN;
+    if envelope.len() < start + TAG_LEN {
+        return Err(Error::invalid_input("truncated envelope"));
+    }
+    let end = envelope.len() - TAG_LEN;
+    let (head, rest) = envelope.split_at_mut(start);
+    let (ciphertext, tag) = rest.split_at_mut(end - start);
+    let nonce: &[u8; NONCE_LEN] = head[header.len()..].try_into().map_err(|_| Error::integrity())?;
+    let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| Error::integrity())?;
+    with_aad(digest, aad, |aad| {
+        dek.material.cipher.open_in_place(nonce, aad, ciphertext, tag)
+    })?;
+    Ok(start..end)
+}
+
+/// The preamble of something passed to decrypt, which must be an envelope.
+#[inline]
+fn peek_envelope(envelope: &[u8]) -> Result<Preamble> {
+    let pre = Preamble::peek(envelope)?;
+    if pre.form == Form::DekRecord {
+        return Err(Error::invalid_input("a DEK record is not an envelope"));
+    }
+    Ok(pre)
+}
+
+/// Whether `envelope` carries exactly `dek`'s header (always true for compact envelopes, whose
+/// only header field, the DEK id, is the cache key).
+#[inline]
+fn header_fits(dek: &LoadedDek, envelope: &[u8], form: Form) -> bool {
+    form == Form::Compact || envelope.starts_with(&dek.header)
+}
+
 /// Sets `out`'s length to `len` without zero-filling bytes that are about to be overwritten
 /// (only growth beyond the old length is filled).
 #[inline]
@@ -458,33 +567,27 @@ enum KmsOp {
 }
 
 impl Inner {
-    /// The DEK for one new message of `compartment`: the cached one if within its limits.
+    /// Runs `f` with the cached DEK of `compartment` if it may take one more message of `len`
+    /// bytes; otherwise returns the id of the exhausted DEK (or `None` if there is none).
     #[inline]
-    async fn encryption_dek(
+    fn with_cached_encryption_dek<R>(
         self: &Arc<Self>,
         compartment: &CompartmentId,
-        plaintext: &[u8],
-    ) -> Result<Arc<ActiveDek>> {
-        let len = plaintext.len() as u64;
-        if len > MAX_PLAINTEXT_LEN {
-            return Err(Error::invalid_input("plaintext longer than 64 GiB"));
-        }
-        let mut stale = None;
-        if let Some(active) = self.enc.map.get(compartment) {
-            match active.reserve(len, Instant::now(), &self.enc.limits) {
-                Reservation::Granted => {
-                    self.counters.encrypt_hits.incr();
-                    return Ok(active);
+        len: u64,
+        f: impl FnOnce(&LoadedDek) -> R,
+    ) -> std::result::Result<R, Option<DekId>> {
+        self.enc
+            .map
+            .with(compartment, |active| {
+                match active.reserve(len, CoarseInstant::now(), &self.enc.limits) {
+                    Reservation::Granted => {}
+                    Reservation::GrantedRefreshDue => self.refresh_encryption_dek(compartment, active),
+                    Reservation::Exhausted => return Err(Some(active.dek.id)),
                 }
-                Reservation::GrantedRefreshDue => {
-                    self.counters.encrypt_hits.incr();
-                    self.refresh_encryption_dek(compartment, &active);
-                    return Ok(active);
-                }
-                Reservation::Exhausted => stale = Some(active.dek.id),
-            }
-        }
-        self.encryption_dek_slow(compartment, len, stale).await
+                self.counters.encrypt_hits.incr();
+                Ok(f(&active.dek))
+            })
+            .unwrap_or(Err(None))
     }
 
     #[cold]
@@ -497,7 +600,7 @@ impl Inner {
         Counters::bump(&self.counters.encrypt_misses);
         for _ in 0..8 {
             let active = self.new_encryption_dek(compartment, stale).await?;
-            match active.reserve(len, Instant::now(), &self.enc.limits) {
+            match active.reserve(len, CoarseInstant::now(), &self.enc.limits) {
                 Reservation::Granted | Reservation::GrantedRefreshDue => return Ok(active),
                 Reservation::Exhausted => stale = Some(active.dek.id),
             }
@@ -528,7 +631,9 @@ impl Inner {
         stale: Option<DekId>,
     ) -> Result<Arc<ActiveDek>> {
         if let Some(current) = self.enc.map.get(&compartment) {
-            if Some(current.dek.id) != stale && current.is_usable(Instant::now(), &self.enc.limits) {
+            if Some(current.dek.id) != stale
+                && current.is_usable(CoarseInstant::now(), &self.enc.limits)
+            {
                 return Ok(current);
             }
         }
@@ -564,7 +669,7 @@ impl Inner {
         // A revoke() may have raced with the KMS call.
         self.ensure_not_revoked(&binding.key_config)?;
         let loaded = Arc::new(LoadedDek::new(&record, material));
-        let now = Instant::now();
+        let now = CoarseInstant::now();
         let active = Arc::new(ActiveDek::new(loaded.clone(), now, &self.enc.limits));
         self.enc.map.insert(compartment.clone(), active.clone());
         self.dec
@@ -596,29 +701,30 @@ impl Inner {
         });
     }
 
-    /// The DEK that opens `envelope` and the envelope's form.
+    /// Runs `f` with the cached DEK named by `pre` if it is fresh and of `compartment`; `f`
+    /// returns `None` when the envelope's header does not match (a miss).
     #[inline]
-    async fn decryption_dek(
+    fn with_cached_decryption_dek<R>(
         self: &Arc<Self>,
         compartment: &CompartmentId,
-        envelope: &[u8],
-    ) -> Result<(Arc<LoadedDek>, Form)> {
-        let pre = Preamble::peek(envelope)?;
-        if pre.form == Form::DekRecord {
-            return Err(Error::invalid_input("a DEK record is not an envelope"));
-        }
-        if let Some(open) = self.dec.map.get(&pre.dek_id) {
-            let now = Instant::now();
-            if open.is_fresh(now) && fits(&open.dek, compartment, envelope, pre.form) {
+        pre: &Preamble,
+        f: impl FnOnce(&LoadedDek) -> Option<R>,
+    ) -> Option<R> {
+        self.dec
+            .map
+            .with(&pre.dek_id, |open| {
+                let now = CoarseInstant::now();
+                if !open.is_fresh(now) || open.dek.compartment != *compartment {
+                    return None;
+                }
+                let out = f(&open.dek)?;
                 self.counters.decrypt_hits.incr();
                 if open.refresh_due(now) {
-                    self.refresh_decryption_dek(&open);
+                    self.refresh_decryption_dek(open);
                 }
-                return Ok((open.dek.clone(), pre.form));
-            }
-        }
-        let open = self.load_decryption_dek(compartment, envelope, pre).await?;
-        Ok((open.dek.clone(), pre.form))
+                Some(out)
+            })
+            .flatten()
     }
 
     #[cold]
@@ -654,7 +760,7 @@ impl Inner {
                 .boxed()
             })
             .await?;
-        if !fits(&open.dek, compartment, envelope, pre.form) {
+        if open.dek.compartment != *compartment || !header_fits(&open.dek, envelope, pre.form) {
             return Err(Error::integrity());
         }
         Ok(open)
@@ -679,7 +785,7 @@ impl Inner {
         self.ensure_not_revoked(&record.key_config)?;
         let open = Arc::new(OpenDek::new(
             Arc::new(LoadedDek::new(&record, material)),
-            Instant::now(),
+            CoarseInstant::now(),
             &self.dec.limits,
         ));
         self.dec.map.insert(record.dek_id, open.clone());
@@ -733,7 +839,11 @@ impl Inner {
             };
             match outcome {
                 Ok(()) => {
-                    let fresh = Arc::new(OpenDek::new(open.dek.clone(), Instant::now(), &inner.dec.limits));
+                    let fresh = Arc::new(OpenDek::new(
+                        open.dek.clone(),
+                        CoarseInstant::now(),
+                        &inner.dec.limits,
+                    ));
                     inner.dec.map.insert(open.dek.id, fresh);
                 }
                 Err(e) if e.is_retryable() => {
@@ -804,13 +914,6 @@ impl Inner {
             Ok(())
         }
     }
-}
-
-/// Whether a cached DEK opens `envelope` of `compartment`: same compartment and, for
-/// self-contained envelopes, byte-identical header.
-#[inline]
-fn fits(dek: &LoadedDek, compartment: &CompartmentId, envelope: &[u8], form: Form) -> bool {
-    dek.compartment == *compartment && (form == Form::Compact || envelope.starts_with(&dek.header))
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{CacheConfig, LoadedDek, Map, new_map};
+use coarsetime::Instant;
+
+use super::{CacheConfig, LoadedDek, SnapshotMap};
 use crate::ids::{CompartmentId, DekId};
 
 /// Where a DEK being loaded comes from; part of the single-flight key so that envelopes with
@@ -23,15 +25,30 @@ pub(crate) struct OpenDek {
     expires_at: Instant,
     refresh_at: Instant,
     refresh_started: AtomicBool,
+    touched: AtomicBool,
+}
+
+impl super::Touch for Arc<OpenDek> {
+    #[inline]
+    fn touch(&self) {
+        if !self.touched.load(Relaxed) {
+            self.touched.store(true, Relaxed);
+        }
+    }
+
+    fn untouch(&self) -> bool {
+        self.touched.swap(false, Relaxed)
+    }
 }
 
 impl OpenDek {
     pub(crate) fn new(dek: Arc<LoadedDek>, now: Instant, limits: &DecryptLimits) -> Self {
         Self {
             dek,
-            expires_at: now + limits.max_age,
-            refresh_at: now + limits.refresh_age,
+            expires_at: now + limits.max_age.into(),
+            refresh_at: now + limits.refresh_age.into(),
             refresh_started: AtomicBool::new(false),
+            touched: AtomicBool::new(false),
         }
     }
 
@@ -63,14 +80,14 @@ pub(crate) struct DecryptLimits {
 
 /// DEK id -> unwrapped DEK, bounded in entries.
 pub(crate) struct DecryptCache {
-    pub(crate) map: Map<DekId, Arc<OpenDek>>,
+    pub(crate) map: SnapshotMap<DekId, Arc<OpenDek>>,
     pub(crate) limits: DecryptLimits,
 }
 
 impl DecryptCache {
     pub(crate) fn new(config: &CacheConfig, evictions: Arc<AtomicU64>) -> Self {
         Self {
-            map: new_map(config.decrypt_capacity, evictions),
+            map: SnapshotMap::new(config.decrypt_capacity, evictions),
             limits: DecryptLimits {
                 max_age: config.decrypt_max_age,
                 refresh_age: config.decrypt_max_age.mul_f64(config.refresh_fraction),

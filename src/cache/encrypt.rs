@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use coarsetime::Instant;
 
 use super::{CacheConfig, LoadedDek};
 use crate::ids::CompartmentId;
@@ -52,17 +54,32 @@ pub(crate) struct ActiveDek {
     messages: AtomicU64,
     bytes: AtomicU64,
     refresh_started: AtomicBool,
+    touched: AtomicBool,
+}
+
+impl super::Touch for Arc<ActiveDek> {
+    #[inline]
+    fn touch(&self) {
+        if !self.touched.load(Relaxed) {
+            self.touched.store(true, Relaxed);
+        }
+    }
+
+    fn untouch(&self) -> bool {
+        self.touched.swap(false, Relaxed)
+    }
 }
 
 impl ActiveDek {
     pub(crate) fn new(dek: Arc<LoadedDek>, now: Instant, limits: &EncryptLimits) -> Self {
         Self {
             dek,
-            expires_at: now + limits.max_age,
-            refresh_at: now + limits.refresh_age,
+            expires_at: now + limits.max_age.into(),
+            refresh_at: now + limits.refresh_age.into(),
             messages: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             refresh_started: AtomicBool::new(false),
+            touched: AtomicBool::new(false),
         }
     }
 
@@ -118,14 +135,14 @@ impl ActiveDek {
 
 /// Compartment -> active DEK, bounded in entries.
 pub(crate) struct EncryptCache {
-    pub(crate) map: super::Map<CompartmentId, Arc<ActiveDek>>,
+    pub(crate) map: super::SnapshotMap<CompartmentId, Arc<ActiveDek>>,
     pub(crate) limits: EncryptLimits,
 }
 
 impl EncryptCache {
     pub(crate) fn new(config: &CacheConfig, evictions: Arc<AtomicU64>) -> Self {
         Self {
-            map: super::new_map(config.encrypt_capacity, evictions),
+            map: super::SnapshotMap::new(config.encrypt_capacity, evictions),
             limits: EncryptLimits::new(config),
         }
     }
@@ -188,10 +205,10 @@ mod tests {
         let l = limits(100, u64::MAX);
         let now = Instant::now();
         let a = ActiveDek::new(dek(), now, &l);
-        let later = now + CacheConfig::default().encrypt_max_age;
+        let later = now + CacheConfig::default().encrypt_max_age.into();
         assert_eq!(a.reserve(1, later, &l), Reservation::Exhausted);
         assert_eq!(
-            a.reserve(1, now + Duration::from_secs(230), &l),
+            a.reserve(1, now + Duration::from_secs(230).into(), &l),
             Reservation::GrantedRefreshDue
         );
     }

@@ -6,7 +6,7 @@
 //!   steady-state callers never wait on the KMS.
 //! * **Decryption side**, one entry per DEK id: unwrapped DEKs with their own age limit. Entries in
 //!   use are re-unwrapped in the background before they expire, which also notices a revoked key.
-//! * Both sides are bounded in entries (S3-FIFO/CLOCK eviction from `quick_cache`) and both are
+//! * Both sides are bounded in entries (second-chance eviction) and both are
 //!   **single-flight**: concurrent misses on one compartment or one DEK share one KMS call.
 //!
 //! Evicted DEKs are wiped: the expanded keys are freed by AWS-LC (which cleanses on free) or
@@ -17,49 +17,18 @@ mod decrypt;
 mod encrypt;
 mod loaded;
 mod single_flight;
+mod snapshot_map;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-
-use quick_cache::sync::Cache;
-use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 
 pub(crate) use counters::Counters;
 pub(crate) use decrypt::{DecryptCache, DekSource, OpenDek};
 pub(crate) use encrypt::{ActiveDek, EncryptCache, Reservation};
 pub(crate) use loaded::LoadedDek;
 pub(crate) use single_flight::SingleFlight;
+pub(crate) use snapshot_map::{SnapshotMap, Touch};
 
 use crate::error::{Error, Result};
-
-/// Counts capacity evictions; the evicted value is dropped (and its key material wiped) here.
-#[derive(Clone)]
-pub(crate) struct CountEvictions(Arc<AtomicU64>);
-
-impl<K, V> Lifecycle<K, V> for CountEvictions {
-    type RequestState = ();
-
-    fn on_evict(&self, _state: &mut (), _key: K, _value: V) {
-        self.0.fetch_add(1, Relaxed);
-    }
-}
-
-pub(crate) type Map<K, V> = Cache<K, V, UnitWeighter, DefaultHashBuilder, CountEvictions>;
-
-pub(crate) fn new_map<K: Eq + std::hash::Hash, V: Clone>(
-    capacity: usize,
-    evictions: Arc<AtomicU64>,
-) -> Map<K, V> {
-    Cache::with(
-        capacity,
-        capacity as u64,
-        UnitWeighter,
-        DefaultHashBuilder::default(),
-        CountEvictions(evictions),
-    )
-}
-
 
 /// The hard ceiling on messages per DEK: random 96-bit nonces are safe for at most 2^32
 /// messages under one key (NIST SP 800-38D, section 8.3).
