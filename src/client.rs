@@ -219,8 +219,13 @@ impl Client {
         aad: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        self.encrypt_as(Form::SelfContained, compartment, plaintext, aad, out)
-            .await
+        match self.try_encrypt_cached(Form::SelfContained, compartment, plaintext, aad, out) {
+            Ok(sealed) => sealed,
+            Err(stale) => {
+                self.encrypt_slow(Form::SelfContained, compartment, plaintext, aad, out, stale)
+                    .await
+            }
+        }
     }
 
     /// Encrypts into a compact envelope (48 bytes of overhead): only the DEK id travels; the
@@ -256,34 +261,49 @@ impl Client {
                 "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",
             ));
         }
-        self.encrypt_as(Form::Compact, compartment, plaintext, aad, out)
-            .await
+        match self.try_encrypt_cached(Form::Compact, compartment, plaintext, aad, out) {
+            Ok(sealed) => sealed,
+            Err(stale) => {
+                self.encrypt_slow(Form::Compact, compartment, plaintext, aad, out, stale)
+                    .await
+            }
+        }
     }
 
-    /// Seals with the cached DEK in place (no await, no allocation, no reference counting), or
-    /// with a new DEK from the boxed slow path.
+    /// The hot path: seals with the cached DEK in place (no await, no allocation, no reference
+    /// counting). `Err` carries the id of an exhausted DEK (or `None`) for the slow path.
     #[inline]
-    async fn encrypt_as(
+    fn try_encrypt_cached(
         &self,
         form: Form,
         compartment: &CompartmentId,
         plaintext: &[u8],
         aad: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<()> {
+    ) -> std::result::Result<Result<()>, Option<DekId>> {
         let len = plaintext.len() as u64;
         if len > MAX_PLAINTEXT_LEN {
-            return Err(Error::invalid_input("plaintext longer than 64 GiB"));
+            return Ok(Err(Error::invalid_input("plaintext longer than 64 GiB")));
         }
-        let stale = match self.inner.with_cached_encryption_dek(compartment, len, |dek| {
+        self.inner.with_cached_encryption_dek(compartment, len, |dek| {
             seal_envelope(dek, form, plaintext, aad, out)
-        }) {
-            Ok(sealed) => return sealed,
-            Err(stale) => stale,
-        };
+        })
+    }
+
+    /// Makes a new DEK (one KMS call per compartment, shared by concurrent callers) and seals.
+    #[cold]
+    async fn encrypt_slow(
+        &self,
+        form: Form,
+        compartment: &CompartmentId,
+        plaintext: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+        stale: Option<DekId>,
+    ) -> Result<()> {
         let active = self
             .inner
-            .encryption_dek_slow(compartment, len, stale)
+            .encryption_dek_slow(compartment, plaintext.len() as u64, stale)
             .boxed()
             .await?;
         seal_envelope(&active.dek, form, plaintext, aad, out)
@@ -320,14 +340,37 @@ impl Client {
         aad: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let result = self.decrypt_into_inner(compartment, envelope, aad, out).await;
+        let result = match self.try_decrypt_cached(compartment, envelope, aad, out) {
+            Some(opened) => opened,
+            None => self.decrypt_slow(compartment, envelope, aad, out).await,
+        };
         if result.is_err() {
             out.clear();
         }
         result
     }
 
-    async fn decrypt_into_inner(
+    /// The hot path: opens with the cached DEK in place; `None` on a cache miss.
+    #[inline]
+    fn try_decrypt_cached(
+        &self,
+        compartment: &CompartmentId,
+        envelope: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<Result<()>> {
+        let pre = match peek_envelope(envelope) {
+            Ok(pre) => pre,
+            Err(e) => return Some(Err(e)),
+        };
+        self.inner.with_cached_decryption_dek(compartment, &pre, |dek| {
+            header_fits(dek, envelope, pre.form).then(|| open_into(dek, pre.form, envelope, aad, out))
+        })
+    }
+
+    /// Loads (and unwraps) the DEK, then opens.
+    #[cold]
+    async fn decrypt_slow(
         &self,
         compartment: &CompartmentId,
         envelope: &[u8],
@@ -335,13 +378,11 @@ impl Client {
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let pre = peek_envelope(envelope)?;
-        let hit = self.inner.with_cached_decryption_dek(compartment, &pre, |dek| {
-            header_fits(dek, envelope, pre.form).then(|| open_into(dek, pre.form, envelope, aad, out))
-        });
-        if let Some(opened) = hit {
-            return opened;
-        }
-        let open = self.inner.load_decryption_dek(compartment, envelope, pre).boxed().await?;
+        let open = self
+            .inner
+            .load_decryption_dek(compartment, envelope, pre)
+            .boxed()
+            .await?;
         open_into(&open.dek, pre.form, envelope, aad, out)
     }
 
@@ -432,8 +473,15 @@ impl Client {
     }
 
     /// The cache's counters.
+    ///
+    /// Encryption hits are derived from the per-DEK message counts the limits need anyway, so
+    /// the hot path does not pay for a second counter; they include messages under DEKs still
+    /// cached or already dropped.
     pub fn stats(&self) -> Stats {
         let mut s = self.inner.counters.snapshot();
+        let mut encryptions = self.inner.counters.retired_encryptions.load(std::sync::atomic::Ordering::Relaxed);
+        self.inner.enc.map.for_each(|_, active| encryptions += active.messages());
+        s.encrypt_hits = encryptions.saturating_sub(s.encrypt_misses);
         s.encrypt_entries = self.inner.enc.map.len() as u64;
         s.decrypt_entries = self.inner.dec.map.len() as u64;
         s
@@ -545,18 +593,23 @@ fn overwrite_len(out: &mut Vec<u8>, len: usize) {
 /// Calls `f` with `digest || aad`, the AES-GCM additional data, on the stack when it is short.
 #[inline]
 fn with_aad<T>(digest: &[u8; 32], aad: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
-    const INLINE: usize = 256;
-    let len = digest.len() + aad.len();
-    if len <= INLINE {
-        let mut buf = [0u8; INLINE];
+    #[inline(always)]
+    fn on_stack<const N: usize, T>(digest: &[u8; 32], aad: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+        let len = digest.len() + aad.len();
+        let mut buf = [0u8; N];
         buf[..32].copy_from_slice(digest);
         buf[32..len].copy_from_slice(aad);
         f(&buf[..len])
-    } else {
-        let mut buf = Vec::with_capacity(len);
-        buf.extend_from_slice(digest);
-        buf.extend_from_slice(aad);
-        f(&buf)
+    }
+    match aad.len() {
+        0..=32 => on_stack::<64, T>(digest, aad, f),
+        33..=224 => on_stack::<256, T>(digest, aad, f),
+        _ => {
+            let mut buf = Vec::with_capacity(32 + aad.len());
+            buf.extend_from_slice(digest);
+            buf.extend_from_slice(aad);
+            f(&buf)
+        }
     }
 }
 
@@ -584,7 +637,6 @@ impl Inner {
                     Reservation::GrantedRefreshDue => self.refresh_encryption_dek(compartment, active),
                     Reservation::Exhausted => return Err(Some(active.dek.id)),
                 }
-                self.counters.encrypt_hits.incr();
                 Ok(f(&active.dek))
             })
             .unwrap_or(Err(None))
@@ -670,7 +722,12 @@ impl Inner {
         self.ensure_not_revoked(&binding.key_config)?;
         let loaded = Arc::new(LoadedDek::new(&record, material));
         let now = CoarseInstant::now();
-        let active = Arc::new(ActiveDek::new(loaded.clone(), now, &self.enc.limits));
+        let active = Arc::new(ActiveDek::new(
+            loaded.clone(),
+            now,
+            &self.enc.limits,
+            self.counters.retired_encryptions.clone(),
+        ));
         self.enc.map.insert(compartment.clone(), active.clone());
         self.dec
             .map

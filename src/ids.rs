@@ -135,8 +135,11 @@ string_id!(
 pub const DEK_ID_LEN: usize = 16;
 
 /// The random 128-bit id of one data-encryption key. Public: it travels in every envelope.
+///
+/// Held as a `u128` (big-endian from the wire bytes) so that cache lookups hash and compare
+/// one aligned word.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DekId([u8; DEK_ID_LEN]);
+pub struct DekId(u128);
 
 impl DekId {
     /// Draws a fresh random id.
@@ -147,22 +150,22 @@ impl DekId {
         let mut id = [0u8; DEK_ID_LEN];
         getrandom::fill(&mut id)
             .map_err(|e| Error::transient(format!("OS random generator failed: {e}")))?;
-        Ok(Self(id))
+        Ok(Self::from_bytes(id))
     }
 
     /// Wraps raw bytes.
     pub const fn from_bytes(bytes: [u8; DEK_ID_LEN]) -> Self {
-        Self(bytes)
+        Self(u128::from_be_bytes(bytes))
     }
 
-    /// The raw bytes.
-    pub const fn as_bytes(&self) -> &[u8; DEK_ID_LEN] {
-        &self.0
+    /// The raw bytes, as they appear on the wire.
+    pub const fn to_bytes(self) -> [u8; DEK_ID_LEN] {
+        self.0.to_be_bytes()
     }
 
     /// Lower-case hex, 32 characters.
     pub fn to_hex(&self) -> String {
-        hex_encode(&self.0)
+        hex_encode(&self.to_bytes())
     }
 
     /// Parses 32 hex characters.
@@ -174,7 +177,7 @@ impl DekId {
         let bytes: [u8; DEK_ID_LEN] = bytes
             .try_into()
             .map_err(|_| Error::invalid_input("a DEK id is 32 hex characters"))?;
-        Ok(Self(bytes))
+        Ok(Self::from_bytes(bytes))
     }
 }
 

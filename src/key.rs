@@ -101,7 +101,7 @@ fn derive_keys(
     let mut salt = [0u8; 7 + 1 + crate::ids::DEK_ID_LEN];
     salt[..7].copy_from_slice(b"cmek/v1");
     salt[7] = suite as u8;
-    salt[8..].copy_from_slice(dek_id.as_bytes());
+    salt[8..].copy_from_slice(&dek_id.to_bytes());
     let hk = Hkdf::<Sha256>::new(Some(&salt), dek.expose_secret());
     let mut message_key = Zeroizing::new([0u8; 32]);
     let mut commitment = [0u8; COMMITMENT_LEN];

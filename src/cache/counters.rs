@@ -37,7 +37,8 @@ impl StripedCounter {
 /// Every counter of the cache.
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) encrypt_hits: StripedCounter,
+    /// Messages granted under DEKs that have been dropped.
+    pub(crate) retired_encryptions: std::sync::Arc<AtomicU64>,
     pub(crate) decrypt_hits: StripedCounter,
     pub(crate) encrypt_misses: AtomicU64,
     pub(crate) decrypt_misses: AtomicU64,
@@ -57,7 +58,7 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
-            encrypt_hits: self.encrypt_hits.get(),
+            encrypt_hits: 0,
             encrypt_misses: self.encrypt_misses.load(Relaxed),
             decrypt_hits: self.decrypt_hits.get(),
             decrypt_misses: self.decrypt_misses.load(Relaxed),

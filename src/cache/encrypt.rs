@@ -49,6 +49,8 @@ pub(crate) enum Reservation {
 /// The DEK a compartment's new data goes under, with its usage so far.
 pub(crate) struct ActiveDek {
     pub(crate) dek: Arc<LoadedDek>,
+    /// Where the messages granted under this DEK are added when it is dropped (for `Stats`).
+    retired: Arc<AtomicU64>,
     expires_at: Instant,
     refresh_at: Instant,
     messages: AtomicU64,
@@ -71,9 +73,15 @@ impl super::Touch for Arc<ActiveDek> {
 }
 
 impl ActiveDek {
-    pub(crate) fn new(dek: Arc<LoadedDek>, now: Instant, limits: &EncryptLimits) -> Self {
+    pub(crate) fn new(
+        dek: Arc<LoadedDek>,
+        now: Instant,
+        limits: &EncryptLimits,
+        retired: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             dek,
+            retired,
             expires_at: now + limits.max_age.into(),
             refresh_at: now + limits.refresh_age.into(),
             messages: AtomicU64::new(0),
@@ -84,7 +92,9 @@ impl ActiveDek {
     }
 
     /// Counts one message of `len` bytes against the limits. Never grants more than
-    /// `max_messages` messages, so the 2^32 random-nonce ceiling holds under any concurrency.
+    /// `max_messages` messages, so the 2^32 random-nonce ceiling holds under any concurrency:
+    /// a refused attempt takes back only its own increment, so the count never falls below the
+    /// number of messages granted. Afterwards `messages` is exactly the number granted.
     #[inline]
     pub(crate) fn reserve(&self, len: u64, now: Instant, limits: &EncryptLimits) -> Reservation {
         if now >= self.expires_at {
@@ -92,10 +102,13 @@ impl ActiveDek {
         }
         let before = self.messages.fetch_add(1, Relaxed);
         if before >= limits.max_messages {
+            self.messages.fetch_sub(1, Relaxed);
             return Reservation::Exhausted;
         }
         let bytes_before = self.bytes.fetch_add(len, Relaxed);
         if bytes_before >= limits.max_bytes {
+            self.bytes.fetch_sub(len, Relaxed);
+            self.messages.fetch_sub(1, Relaxed);
             return Reservation::Exhausted;
         }
         if before + 1 >= limits.refresh_messages
@@ -115,8 +128,7 @@ impl ActiveDek {
             && self.bytes.load(Relaxed) < limits.max_bytes
     }
 
-    /// Messages granted so far (for tests and stats).
-    #[cfg(test)]
+    /// Messages granted so far.
     pub(crate) fn messages(&self) -> u64 {
         self.messages.load(Relaxed)
     }
@@ -130,6 +142,12 @@ impl ActiveDek {
     /// Gives the claim back after a failed refresh so a later caller can try again.
     pub(crate) fn release_refresh(&self) {
         self.refresh_started.store(false, Relaxed);
+    }
+}
+
+impl Drop for ActiveDek {
+    fn drop(&mut self) {
+        self.retired.fetch_add(self.messages.load(Relaxed), Relaxed);
     }
 }
 
@@ -167,20 +185,26 @@ mod tests {
     fn message_limit_is_never_exceeded() {
         let l = limits(4, u64::MAX);
         let now = Instant::now();
-        let a = ActiveDek::new(dek(), now, &l);
+        let a = ActiveDek::new(dek(), now, &l, Arc::default());
         let granted = (0..10)
             .filter(|_| a.reserve(1, now, &l) != Reservation::Exhausted)
             .count();
         assert_eq!(granted, 4);
         assert!(!a.is_usable(now, &l));
-        assert_eq!(a.messages(), 10);
+        assert_eq!(a.messages(), 4, "refused attempts are not counted");
+        let retired = Arc::new(AtomicU64::new(0));
+        drop(ActiveDek::new(dek(), now, &l, retired.clone()));
+        let b = ActiveDek::new(dek(), now, &l, retired.clone());
+        (0..3).for_each(|_| assert_ne!(b.reserve(1, now, &l), Reservation::Exhausted));
+        drop(b);
+        assert_eq!(retired.load(Relaxed), 3);
     }
 
     #[test]
     fn refresh_is_due_at_three_quarters() {
         let l = limits(100, u64::MAX);
         let now = Instant::now();
-        let a = ActiveDek::new(dek(), now, &l);
+        let a = ActiveDek::new(dek(), now, &l, Arc::default());
         let first_due = (1..=100)
             .find(|_| a.reserve(1, now, &l) == Reservation::GrantedRefreshDue)
             .unwrap();
@@ -195,7 +219,7 @@ mod tests {
     fn byte_limit_allows_one_oversized_message_then_retires() {
         let l = limits(u64::MAX >> 1, 1000);
         let now = Instant::now();
-        let a = ActiveDek::new(dek(), now, &l);
+        let a = ActiveDek::new(dek(), now, &l, Arc::default());
         assert_ne!(a.reserve(5000, now, &l), Reservation::Exhausted);
         assert_eq!(a.reserve(1, now, &l), Reservation::Exhausted);
     }
@@ -204,7 +228,7 @@ mod tests {
     fn age_limit_retires() {
         let l = limits(100, u64::MAX);
         let now = Instant::now();
-        let a = ActiveDek::new(dek(), now, &l);
+        let a = ActiveDek::new(dek(), now, &l, Arc::default());
         let later = now + CacheConfig::default().encrypt_max_age.into();
         assert_eq!(a.reserve(1, later, &l), Reservation::Exhausted);
         assert_eq!(

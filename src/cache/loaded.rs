@@ -31,7 +31,7 @@ impl LoadedDek {
             Form::Compact as u8,
             record.suite() as u8,
         ]);
-        compact_preamble[4..].copy_from_slice(record.dek_id().as_bytes());
+        compact_preamble[4..].copy_from_slice(&record.dek_id().to_bytes());
         Self {
             id: record.dek_id(),
             compartment: record.compartment().clone(),

@@ -119,6 +119,13 @@ impl<K: Hash + Eq + Clone, V: Clone + Touch> SnapshotMap<K, V> {
         }
     }
 
+    /// Visits every entry.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        for (cell, _) in self.shards.iter() {
+            cell.load().iter().for_each(|(k, v)| f(k, v));
+        }
+    }
+
     /// Number of entries.
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|(cell, _)| cell.load().len()).sum()

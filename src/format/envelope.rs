@@ -40,12 +40,13 @@ impl Preamble {
         }
         let form = Form::from_byte(head[2])?;
         let suite = Suite::from_byte(head[3])?;
-        let mut id = [0u8; DEK_ID_LEN];
-        id.copy_from_slice(&head[PREAMBLE_LEN..]);
+        let id: &[u8; DEK_ID_LEN] = head[PREAMBLE_LEN..]
+            .try_into()
+            .map_err(|_| Error::invalid_input("truncated envelope"))?;
         Ok(Self {
             form,
             suite,
-            dek_id: DekId::from_bytes(id),
+            dek_id: DekId::from_bytes(*id),
         })
     }
 }

@@ -112,7 +112,7 @@ impl DekRecord {
     /// Appends the header in `form` (self-contained or record); lengths were checked on creation.
     pub(crate) fn encode(&self, form: Form, out: &mut Vec<u8>) {
         out.extend_from_slice(&[MAGIC, VERSION, form as u8, self.suite as u8]);
-        out.extend_from_slice(self.dek_id.as_bytes());
+        out.extend_from_slice(&self.dek_id.to_bytes());
         put_u8_str(out, self.compartment.as_str());
         put_u8_str(out, self.key_config.as_str());
         out.push(self.wrapped.provider.code());
@@ -166,7 +166,7 @@ impl DekRecord {
         let compartment = self.compartment.as_str().as_bytes();
         sha256(&[
             &[MAGIC, VERSION, Form::Compact as u8, self.suite as u8],
-            self.dek_id.as_bytes(),
+            &self.dek_id.to_bytes(),
             &[compartment.len() as u8],
             compartment,
             &self.commitment,
