@@ -32,7 +32,8 @@ fn cold(cr: &mut Criterion) {
     let _ctx = rt.enter();
     let mut g = cr.benchmark_group("cold");
     let counter = AtomicU64::new(0);
-    let fresh = || CompartmentId::new(format!("cold-{}", counter.fetch_add(1, Ordering::Relaxed))).unwrap();
+    let fresh =
+        || CompartmentId::new(format!("cold-{}", counter.fetch_add(1, Ordering::Relaxed))).unwrap();
 
     let local = client_over(Arc::new(LocalKms::generate("local:bench").unwrap()));
     g.bench_function("encrypt-miss/local", |b| {
@@ -66,8 +67,11 @@ fn tasks(cr: &mut Criterion) {
         .build()
         .unwrap();
     let client = client_over(Arc::new(LocalKms::generate("local:bench").unwrap()));
-    let compartments: Arc<Vec<CompartmentId>> =
-        Arc::new((0..64).map(|i| CompartmentId::new(format!("tenant-{i}")).unwrap()).collect());
+    let compartments: Arc<Vec<CompartmentId>> = Arc::new(
+        (0..64)
+            .map(|i| CompartmentId::new(format!("tenant-{i}")).unwrap())
+            .collect(),
+    );
     let mut g = cr.benchmark_group("tasks");
     const PER_TASK: u64 = 2_000;
     for n in [1u64, 2, 16, 128] {
@@ -86,7 +90,10 @@ fn tasks(cr: &mut Criterion) {
                                     let mut env = Vec::new();
                                     for i in 0..PER_TASK {
                                         let c = &compartments[((t * 31 + i) % 64) as usize];
-                                        client.encrypt_compact_into(c, &pt, b"", &mut env).await.unwrap();
+                                        client
+                                            .encrypt_compact_into(c, &pt, b"", &mut env)
+                                            .await
+                                            .unwrap();
                                     }
                                 })
                             })

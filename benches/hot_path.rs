@@ -20,13 +20,21 @@ use cmek::{CipherProvider, Client, CompartmentId, KeyConfigId, LocalKms, MemoryD
 use common::{block, runtime};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-const SIZES: [(usize, &str); 4] = [(64, "64B"), (1024, "1KiB"), (16 * 1024, "16KiB"), (1 << 20, "1MiB")];
+const SIZES: [(usize, &str); 4] = [
+    (64, "64B"),
+    (1024, "1KiB"),
+    (16 * 1024, "16KiB"),
+    (1 << 20, "1MiB"),
+];
 const AAD: &[u8] = b"tenant/object/42";
 const NONCE: [u8; 12] = [1u8; 12];
 
 fn client(provider: CipherProvider, rt: &tokio::runtime::Runtime) -> (Client, CompartmentId) {
     let client = Client::builder()
-        .key(KeyConfigId::new("local").unwrap(), Arc::new(LocalKms::generate("local:bench").unwrap()))
+        .key(
+            KeyConfigId::new("local").unwrap(),
+            Arc::new(LocalKms::generate("local:bench").unwrap()),
+        )
         .dek_store(Arc::new(MemoryDekStore::new()))
         .cipher(provider)
         .build()
@@ -52,10 +60,18 @@ fn encrypt(cr: &mut Criterion) {
             let (client, c) = client(p, &rt);
             let mut env = Vec::new();
             g.bench_function(BenchmarkId::new("cmek", p), |b| {
-                b.iter(|| block(&rt, client.encrypt_into(&c, black_box(&pt), AAD, &mut env)).unwrap())
+                b.iter(|| {
+                    block(&rt, client.encrypt_into(&c, black_box(&pt), AAD, &mut env)).unwrap()
+                })
             });
             g.bench_function(BenchmarkId::new("cmek-compact", p), |b| {
-                b.iter(|| block(&rt, client.encrypt_compact_into(&c, black_box(&pt), AAD, &mut env)).unwrap())
+                b.iter(|| {
+                    block(
+                        &rt,
+                        client.encrypt_compact_into(&c, black_box(&pt), AAD, &mut env),
+                    )
+                    .unwrap()
+                })
             });
         }
         g.finish();
@@ -77,17 +93,28 @@ fn decrypt(cr: &mut Criterion) {
             let tag: [u8; 16] = tag.try_into().unwrap();
             let mut out = vec![0u8; size];
             g.bench_function(BenchmarkId::new("raw-open", p), |b| {
-                b.iter(|| raw.open(&NONCE, AAD, black_box(ct), &tag, &mut out).unwrap())
+                b.iter(|| {
+                    raw.open(&NONCE, AAD, black_box(ct), &tag, &mut out)
+                        .unwrap()
+                })
             });
             let (client, c) = client(p, &rt);
             let env = block(&rt, client.encrypt(&c, &pt, AAD)).unwrap();
             let compact = block(&rt, client.encrypt_compact(&c, &pt, AAD)).unwrap();
             let mut out = Vec::new();
             g.bench_function(BenchmarkId::new("cmek", p), |b| {
-                b.iter(|| block(&rt, client.decrypt_into(&c, black_box(&env), AAD, &mut out)).unwrap())
+                b.iter(|| {
+                    block(&rt, client.decrypt_into(&c, black_box(&env), AAD, &mut out)).unwrap()
+                })
             });
             g.bench_function(BenchmarkId::new("cmek-compact", p), |b| {
-                b.iter(|| block(&rt, client.decrypt_into(&c, black_box(&compact), AAD, &mut out)).unwrap())
+                b.iter(|| {
+                    block(
+                        &rt,
+                        client.decrypt_into(&c, black_box(&compact), AAD, &mut out),
+                    )
+                    .unwrap()
+                })
             });
         }
         g.finish();
@@ -114,7 +141,8 @@ fn decrypt_in_place(cr: &mut Criterion) {
             let mut i = 0;
             g.bench_function(BenchmarkId::new("raw-open", p), |b| {
                 b.iter(|| {
-                    raw.open_in_place(&NONCE, AAD, black_box(&mut buf), &tags[i & 1]).unwrap();
+                    raw.open_in_place(&NONCE, AAD, black_box(&mut buf), &tags[i & 1])
+                        .unwrap();
                     i += 1;
                 })
             });

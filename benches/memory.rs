@@ -3,6 +3,8 @@
 //! set divided by N, for each cipher provider. Resident memory counts everything: the Rust heap,
 //! AWS-LC's own allocations and allocator overhead.
 //!
+//! Each provider is measured in a fresh child process, so no run reuses memory another freed.
+//!
 //! Run: `cargo bench --bench memory` (prints a table; not a criterion benchmark).
 
 mod common;
@@ -16,7 +18,11 @@ const N: usize = 100_000;
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -24,19 +30,35 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` and `cargo test --benches` probe bench targets
     }
+    let Ok(wanted) = std::env::var("CMEK_MEMORY_PROVIDER") else {
+        println!("memory per cached compartment ({N} compartments, UUID-sized ids, local backend)");
+        for provider in CipherProvider::available() {
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .env("CMEK_MEMORY_PROVIDER", provider.name())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        return;
+    };
     let rt = runtime();
     let _ctx = rt.enter();
     let ids: Vec<CompartmentId> = (0..N)
         .map(|i| CompartmentId::new(format!("{i:08x}-4d3e-4f1a-8b9c-0d1e2f3a4b5c")).unwrap())
         .collect();
-    println!("memory per cached compartment ({N} compartments, UUID-sized ids, local backend)");
-    for &provider in CipherProvider::available() {
+    for &provider in CipherProvider::available()
+        .iter()
+        .filter(|p| p.name() == wanted)
+    {
         let mut cache = CacheConfig::default();
         // Room to spare: the bound is per shard and keys do not spread perfectly evenly.
         cache.encrypt_capacity = 2 * N;
         cache.decrypt_capacity = 2 * N;
         let client = Client::builder()
-            .key(KeyConfigId::new("local").unwrap(), Arc::new(LocalKms::generate("local:mem").unwrap()))
+            .key(
+                KeyConfigId::new("local").unwrap(),
+                Arc::new(LocalKms::generate("local:mem").unwrap()),
+            )
             .cache(cache)
             .cipher(provider)
             .build()

@@ -203,7 +203,8 @@ impl Client {
         aad: &[u8],
     ) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.encrypt_into(compartment, plaintext, aad, &mut out).await?;
+        self.encrypt_into(compartment, plaintext, aad, &mut out)
+            .await?;
         Ok(out)
     }
 
@@ -285,9 +286,10 @@ impl Client {
         if len > MAX_PLAINTEXT_LEN {
             return Ok(Err(Error::invalid_input("plaintext longer than 64 GiB")));
         }
-        self.inner.with_cached_encryption_dek(compartment, len, |dek| {
-            seal_envelope(dek, form, plaintext, aad, out)
-        })
+        self.inner
+            .with_cached_encryption_dek(compartment, len, |dek| {
+                seal_envelope(dek, form, plaintext, aad, out)
+            })
     }
 
     /// Makes a new DEK (one KMS call per compartment, shared by concurrent callers) and seals.
@@ -363,9 +365,11 @@ impl Client {
             Ok(pre) => pre,
             Err(e) => return Some(Err(e)),
         };
-        self.inner.with_cached_decryption_dek(compartment, &pre, |dek| {
-            header_fits(dek, envelope, pre.form).then(|| open_into(dek, pre.form, envelope, aad, out))
-        })
+        self.inner
+            .with_cached_decryption_dek(compartment, &pre, |dek| {
+                header_fits(dek, envelope, pre.form)
+                    .then(|| open_into(dek, pre.form, envelope, aad, out))
+            })
     }
 
     /// Loads (and unwraps) the DEK, then opens.
@@ -398,9 +402,12 @@ impl Client {
         aad: &[u8],
     ) -> Result<&'a mut [u8]> {
         let pre = peek_envelope(envelope)?;
-        let hit = self.inner.with_cached_decryption_dek(compartment, &pre, |dek| {
-            header_fits(dek, envelope, pre.form).then(|| open_in_place(dek, pre.form, envelope, aad))
-        });
+        let hit = self
+            .inner
+            .with_cached_decryption_dek(compartment, &pre, |dek| {
+                header_fits(dek, envelope, pre.form)
+                    .then(|| open_in_place(dek, pre.form, envelope, aad))
+            });
         let range = match hit {
             Some(opened) => opened?,
             None => {
@@ -479,8 +486,15 @@ impl Client {
     /// cached or already dropped.
     pub fn stats(&self) -> Stats {
         let mut s = self.inner.counters.snapshot();
-        let mut encryptions = self.inner.counters.retired_encryptions.load(std::sync::atomic::Ordering::Relaxed);
-        self.inner.enc.map.for_each(|_, active| encryptions += active.messages());
+        let mut encryptions = self
+            .inner
+            .counters
+            .retired_encryptions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .enc
+            .map
+            .for_each(|_, active| encryptions += active.messages());
         s.encrypt_hits = encryptions.saturating_sub(s.encrypt_misses);
         s.encrypt_entries = self.inner.enc.map.len() as u64;
         s.decrypt_entries = self.inner.dec.map.len() as u64;
@@ -527,7 +541,13 @@ fn seal_envelope(
 
 /// Decrypts the body of `envelope` into `out`.
 #[inline]
-fn open_into(dek: &LoadedDek, form: Form, envelope: &[u8], aad: &[u8], out: &mut Vec<u8>) -> Result<()> {
+fn open_into(
+    dek: &LoadedDek,
+    form: Form,
+    envelope: &[u8],
+    aad: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let (header, digest) = dek.header_for(form);
     let body = split_body(&envelope[header.len()..])?;
     overwrite_len(out, body.ciphertext.len());
@@ -554,10 +574,14 @@ fn open_in_place(
     let end = envelope.len() - TAG_LEN;
     let (head, rest) = envelope.split_at_mut(start);
     let (ciphertext, tag) = rest.split_at_mut(end - start);
-    let nonce: &[u8; NONCE_LEN] = head[header.len()..].try_into().map_err(|_| Error::integrity())?;
+    let nonce: &[u8; NONCE_LEN] = head[header.len()..]
+        .try_into()
+        .map_err(|_| Error::integrity())?;
     let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| Error::integrity())?;
     with_aad(digest, aad, |aad| {
-        dek.material.cipher.open_in_place(nonce, aad, ciphertext, tag)
+        dek.material
+            .cipher
+            .open_in_place(nonce, aad, ciphertext, tag)
     })?;
     Ok(start..end)
 }
@@ -634,7 +658,9 @@ impl Inner {
             .with(compartment, |active| {
                 match active.reserve(len, CoarseInstant::now(), &self.enc.limits) {
                     Reservation::Granted => {}
-                    Reservation::GrantedRefreshDue => self.refresh_encryption_dek(compartment, active),
+                    Reservation::GrantedRefreshDue => {
+                        self.refresh_encryption_dek(compartment, active)
+                    }
                     Reservation::Exhausted => return Err(Some(active.dek.id)),
                 }
                 Ok(f(&active.dek))
@@ -682,12 +708,11 @@ impl Inner {
         compartment: CompartmentId,
         stale: Option<DekId>,
     ) -> Result<Arc<ActiveDek>> {
-        if let Some(current) = self.enc.map.get(&compartment) {
-            if Some(current.dek.id) != stale
-                && current.is_usable(CoarseInstant::now(), &self.enc.limits)
-            {
-                return Ok(current);
-            }
+        if let Some(current) = self.enc.map.get(&compartment)
+            && Some(current.dek.id) != stale
+            && current.is_usable(CoarseInstant::now(), &self.enc.limits)
+        {
+            return Ok(current);
         }
         let binding = self.resolver.encryption_key(&compartment).await?;
         self.ensure_not_revoked(&binding.key_config)?;
@@ -705,7 +730,7 @@ impl Inner {
                 "backend returned a wrapped key of another provider",
             ));
         }
-        let material = DekMaterial::derive(&dek, &dek_id, SUITE, self.cipher)?;
+        let (material, commitment) = DekMaterial::derive(&dek, &dek_id, SUITE, self.cipher)?;
         drop(dek);
         let record = DekRecord {
             suite: SUITE,
@@ -713,7 +738,7 @@ impl Inner {
             compartment: compartment.clone(),
             key_config: binding.key_config.clone(),
             wrapped,
-            commitment: material.commitment,
+            commitment,
         };
         if let Some(store) = &self.store {
             store.put(&record).await?;
@@ -729,16 +754,21 @@ impl Inner {
             self.counters.retired_encryptions.clone(),
         ));
         self.enc.map.insert(compartment.clone(), active.clone());
-        self.dec
-            .map
-            .insert(dek_id, Arc::new(OpenDek::new(loaded, now, &self.dec.limits)));
+        self.dec.map.insert(
+            dek_id,
+            Arc::new(OpenDek::new(loaded, now, &self.dec.limits)),
+        );
         Counters::bump(&self.counters.deks_created);
         tracing::debug!(compartment = %compartment, dek_id = %dek_id, key_config = %binding.key_config, "new data key");
         Ok(active)
     }
 
     /// Starts preparing the next DEK in the background, once per DEK.
-    fn refresh_encryption_dek(self: &Arc<Self>, compartment: &CompartmentId, active: &Arc<ActiveDek>) {
+    fn refresh_encryption_dek(
+        self: &Arc<Self>,
+        compartment: &CompartmentId,
+        active: &Arc<ActiveDek>,
+    ) {
         if !active.claim_refresh() {
             return;
         }
@@ -798,7 +828,10 @@ impl Inner {
                 if record.compartment != *compartment {
                     return Err(Error::integrity());
                 }
-                (DekSource::Inline(sha256(&[&envelope[..used]])), Some(record))
+                (
+                    DekSource::Inline(sha256(&[&envelope[..used]])),
+                    Some(record),
+                )
             }
             _ => (DekSource::Stored(compartment.clone()), None),
         };
@@ -823,12 +856,20 @@ impl Inner {
         Ok(open)
     }
 
-    async fn stored_record(&self, compartment: &CompartmentId, dek_id: &DekId) -> Result<DekRecord> {
+    async fn stored_record(
+        &self,
+        compartment: &CompartmentId,
+        dek_id: &DekId,
+    ) -> Result<DekRecord> {
         let store = self.store.as_ref().ok_or_else(|| {
-            Error::configuration("compact envelopes need a DEK store: set one with ClientBuilder::dek_store")
+            Error::configuration(
+                "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",
+            )
         })?;
         let record = store.get(compartment, dek_id).await?.ok_or_else(|| {
-            Error::not_found(format!("no DEK record {dek_id} for compartment {compartment}"))
+            Error::not_found(format!(
+                "no DEK record {dek_id} for compartment {compartment}"
+            ))
         })?;
         if record.compartment != *compartment || record.dek_id != *dek_id {
             return Err(Error::integrity());
@@ -938,7 +979,9 @@ impl Inner {
             .await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         match &outcome {
-            Ok(_) => tracing::debug!(?op, key_config = %key_config, elapsed_ms, "KMS call succeeded"),
+            Ok(_) => {
+                tracing::debug!(?op, key_config = %key_config, elapsed_ms, "KMS call succeeded")
+            }
             Err(e) => {
                 tracing::warn!(?op, key_config = %key_config, elapsed_ms, error = %e, "KMS call failed");
                 if e.kind() == ErrorKind::KeyRevoked {
@@ -966,7 +1009,9 @@ impl Inner {
 
     fn ensure_not_revoked(&self, key_config: &KeyConfigId) -> Result<()> {
         if self.is_revoked(key_config) {
-            Err(Error::revoked(format!("key configuration {key_config} is revoked")))
+            Err(Error::revoked(format!(
+                "key configuration {key_config} is revoked"
+            )))
         } else {
             Ok(())
         }

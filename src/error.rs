@@ -225,7 +225,10 @@ mod tests {
 
     #[test]
     fn integrity_is_opaque() {
-        assert_eq!(Error::integrity().to_string(), "integrity: decryption failed");
+        assert_eq!(
+            Error::integrity().to_string(),
+            "integrity: decryption failed"
+        );
     }
 
     #[test]

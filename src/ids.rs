@@ -213,7 +213,7 @@ pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.chunks_exact(2)
@@ -233,7 +233,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_ids() {
-        for bad in ["", ".hidden", "a/b", "with space", "tab\t", "é", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "with space",
+            "tab\t",
+            "é",
+            &"x".repeat(129),
+        ] {
             let err = CompartmentId::new(bad).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidInput, "{bad:?}");
         }

@@ -27,7 +27,13 @@ impl RawCipher {
     /// # Errors
     /// Wrong output length.
     #[inline]
-    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], pt: &[u8], out: &mut [u8]) -> Result<()> {
+    pub fn seal(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        pt: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
         self.0.seal(nonce, aad, pt, out)
     }
 
@@ -36,7 +42,12 @@ impl RawCipher {
     /// # Errors
     /// Message too long.
     #[inline]
-    pub fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN]> {
+    pub fn seal_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN]> {
         self.0.seal_in_place(nonce, aad, buf)
     }
 
@@ -45,7 +56,14 @@ impl RawCipher {
     /// # Errors
     /// Integrity failure.
     #[inline]
-    pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], ct: &[u8], tag: &[u8; TAG_LEN], out: &mut [u8]) -> Result<()> {
+    pub fn open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        ct: &[u8],
+        tag: &[u8; TAG_LEN],
+        out: &mut [u8],
+    ) -> Result<()> {
         self.0.open(nonce, aad, ct, tag, out)
     }
 
@@ -54,7 +72,13 @@ impl RawCipher {
     /// # Errors
     /// Integrity failure.
     #[inline]
-    pub fn open_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<()> {
+    pub fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<()> {
         self.0.open_in_place(nonce, aad, buf, tag)
     }
 }
@@ -98,7 +122,10 @@ pub fn seal_with(
     let mut body = vec![0u8; plaintext.len() + TAG_LEN];
     let mut full_aad = digest.to_vec();
     full_aad.extend_from_slice(aad);
-    loaded.material.cipher.seal(nonce, &full_aad, plaintext, &mut body)?;
+    loaded
+        .material
+        .cipher
+        .seal(nonce, &full_aad, plaintext, &mut body)?;
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -114,14 +141,19 @@ pub fn record_for(
     key_config: KeyConfigId,
     wrapped: WrappedKey,
 ) -> Result<DekRecord> {
-    let material = DekMaterial::derive(dek, &dek_id, Suite::Aes256GcmHkdfSha256, CipherProvider::default())?;
+    let (_, commitment) = DekMaterial::derive(
+        dek,
+        &dek_id,
+        Suite::Aes256GcmHkdfSha256,
+        CipherProvider::default(),
+    )?;
     Ok(DekRecord {
         suite: Suite::Aes256GcmHkdfSha256,
         dek_id,
         compartment,
         key_config,
         wrapped,
-        commitment: material.commitment,
+        commitment,
     })
 }
 
@@ -140,7 +172,13 @@ pub(crate) fn test_loaded_dek() -> std::sync::Arc<LoadedDek> {
         WrappedKey::new(Provider::Local, "local:t", "1", vec![1; 60]),
     )
     .unwrap();
-    let material = DekMaterial::derive(&dek, &record.dek_id, record.suite, CipherProvider::default()).unwrap();
+    let (material, _) = DekMaterial::derive(
+        &dek,
+        &record.dek_id,
+        record.suite,
+        CipherProvider::default(),
+    )
+    .unwrap();
     std::sync::Arc::new(LoadedDek::new(&record, material))
 }
 

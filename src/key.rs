@@ -52,10 +52,10 @@ impl DataKey {
     }
 }
 
-/// What a cached DEK holds: the expanded cipher key and the key commitment, both derived once.
+/// What a cached DEK holds: the expanded message key, derived once. (Its key commitment lives
+/// in the DEK record and header.)
 pub(crate) struct DekMaterial {
     pub(crate) cipher: CipherKey,
-    pub(crate) commitment: [u8; COMMITMENT_LEN],
 }
 
 impl DekMaterial {
@@ -65,12 +65,10 @@ impl DekMaterial {
         dek_id: &DekId,
         suite: Suite,
         provider: CipherProvider,
-    ) -> Result<Self> {
+    ) -> Result<(Self, [u8; COMMITMENT_LEN])> {
         let (message_key, commitment) = derive_keys(dek, dek_id, suite);
-        Ok(Self {
-            cipher: CipherKey::new(provider, &message_key)?,
-            commitment,
-        })
+        let cipher = CipherKey::new(provider, &message_key)?;
+        Ok((Self { cipher }, commitment))
     }
 
     /// Derives from a DEK and checks it against the commitment found in a header, in constant time.
@@ -87,7 +85,6 @@ impl DekMaterial {
         }
         Ok(Self {
             cipher: CipherKey::new(provider, &message_key)?,
-            commitment,
         })
     }
 }
@@ -124,7 +121,11 @@ mod tests {
         assert_eq!(*k1, *k2);
         assert_eq!(c1, c2);
         assert_ne!(k1.as_slice(), c1.as_slice());
-        let (_, c3) = derive_keys(&dek, &DekId::from_bytes([2u8; 16]), Suite::Aes256GcmHkdfSha256);
+        let (_, c3) = derive_keys(
+            &dek,
+            &DekId::from_bytes([2u8; 16]),
+            Suite::Aes256GcmHkdfSha256,
+        );
         assert_ne!(c1, c3, "the DEK id is bound into the commitment");
     }
 

@@ -21,7 +21,11 @@ async fn cold_stampede_of_1000_tasks_makes_one_wrap_call() {
     let tasks: Vec<_> = (0..1000)
         .map(|i| {
             let (client, c) = (client.clone(), c.clone());
-            tokio::spawn(async move { client.encrypt(&c, format!("record {i}").as_bytes(), b"").await })
+            tokio::spawn(async move {
+                client
+                    .encrypt(&c, format!("record {i}").as_bytes(), b"")
+                    .await
+            })
         })
         .collect();
     let mut ids = std::collections::HashSet::new();
@@ -105,7 +109,11 @@ async fn age_limit_rotates_the_dek_and_expires_decryption_keys() {
     assert_eq!(kms.wrap_calls(), 2);
     assert_eq!(kms.unwrap_calls(), 0);
     client.decrypt(&c, &env, b"").await.unwrap();
-    assert_eq!(kms.unwrap_calls(), 1, "the expired decryption key was unwrapped again");
+    assert_eq!(
+        kms.unwrap_calls(),
+        1,
+        "the expired decryption key was unwrapped again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +134,10 @@ async fn refresh_ahead_replaces_the_dek_without_callers_waiting() {
     ids.dedup();
     let s = client.stats();
     assert!(ids.len() >= 3, "DEKs rotated: {}", ids.len());
-    assert_eq!(s.encrypt_misses, 1, "only the very first call waited for the KMS: {s:?}");
+    assert_eq!(
+        s.encrypt_misses, 1,
+        "only the very first call waited for the KMS: {s:?}"
+    );
     assert!(s.refreshes >= 2, "{s:?}");
     assert_eq!(s.deks_created, kms.wrap_calls());
 }
@@ -141,12 +152,18 @@ async fn transient_errors_are_retried_permanent_ones_are_not() {
     assert_eq!((s.kms_wrap_calls, s.kms_errors), (3, 2));
 
     kms.push_faults([Fault::Fail(ErrorKind::PermissionDenied)]);
-    let err = client.encrypt(&compartment("r2"), b"x", b"").await.unwrap_err();
+    let err = client
+        .encrypt(&compartment("r2"), b"x", b"")
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied);
     assert_eq!(kms.wrap_calls(), 4);
 
     kms.fail_next(10, ErrorKind::Throttled);
-    let err = client.encrypt(&compartment("r3"), b"x", b"").await.unwrap_err();
+    let err = client
+        .encrypt(&compartment("r3"), b"x", b"")
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Throttled);
     assert_eq!(kms.wrap_calls(), 8, "bounded: 4 attempts");
 }
@@ -166,7 +183,11 @@ async fn concurrent_callers_share_one_failure() {
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap_err().kind(), ErrorKind::KeyRevoked);
     }
-    assert_eq!(kms.wrap_calls(), 1, "one KMS call for 200 concurrent failing callers");
+    assert_eq!(
+        kms.wrap_calls(),
+        1,
+        "one KMS call for 200 concurrent failing callers"
+    );
 }
 
 #[tokio::test]
@@ -192,10 +213,16 @@ async fn revoke_when_cached_keys_expire_keeps_reads_until_expiry() {
     let c = compartment("rev2");
     let env = client.encrypt(&c, b"before", b"").await.unwrap();
     client.revoke(&key_config(), RevokeMode::WhenCachedKeysExpire);
-    assert_eq!(client.encrypt(&c, b"x", b"").await.unwrap_err().kind(), ErrorKind::KeyRevoked);
+    assert_eq!(
+        client.encrypt(&c, b"x", b"").await.unwrap_err().kind(),
+        ErrorKind::KeyRevoked
+    );
     assert_eq!(client.decrypt(&c, &env, b"").await.unwrap(), b"before");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(client.decrypt(&c, &env, b"").await.unwrap_err().kind(), ErrorKind::KeyRevoked);
+    assert_eq!(
+        client.decrypt(&c, &env, b"").await.unwrap_err().kind(),
+        ErrorKind::KeyRevoked
+    );
 }
 
 #[tokio::test]
@@ -233,7 +260,11 @@ async fn decrypt_refresh_notices_a_disabled_key_before_expiry() {
     client.decrypt(&c, &env, b"").await.unwrap(); // served from cache, starts the refresh
     tokio::time::sleep(Duration::from_millis(100)).await; // the refresh fails with KeyRevoked
     let err = client.decrypt(&c, &env, b"").await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::KeyRevoked, "dropped before its 400 ms expiry");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::KeyRevoked,
+        "dropped before its 400 ms expiry"
+    );
 }
 
 #[tokio::test]
@@ -258,7 +289,10 @@ async fn capacity_bounds_the_cache_and_counts_evictions() {
     cache.decrypt_capacity = 50;
     let (client, _) = faulty_client(cache);
     for i in 0..500 {
-        client.encrypt(&compartment(&format!("cap-{i}")), b"x", b"").await.unwrap();
+        client
+            .encrypt(&compartment(&format!("cap-{i}")), b"x", b"")
+            .await
+            .unwrap();
     }
     let s = client.stats();
     assert!(s.encrypt_entries <= 50 && s.decrypt_entries <= 50, "{s:?}");
@@ -268,7 +302,9 @@ async fn capacity_bounds_the_cache_and_counts_evictions() {
 #[tokio::test]
 async fn steady_state_makes_no_kms_calls() {
     let (client, kms) = faulty_client(CacheConfig::default());
-    let cs: Vec<_> = (0..20).map(|i| compartment(&format!("steady-{i}"))).collect();
+    let cs: Vec<_> = (0..20)
+        .map(|i| compartment(&format!("steady-{i}")))
+        .collect();
     let mut envs = Vec::new();
     for c in &cs {
         envs.push(client.encrypt(c, b"warm", b"").await.unwrap());
@@ -278,7 +314,10 @@ async fn steady_state_makes_no_kms_calls() {
         let c = &cs[round % cs.len()];
         let env = client.encrypt_compact(c, b"payload", b"").await.unwrap();
         client.decrypt(c, &env, b"").await.unwrap();
-        client.decrypt(c, &envs[round % cs.len()], b"").await.unwrap();
+        client
+            .decrypt(c, &envs[round % cs.len()], b"")
+            .await
+            .unwrap();
     }
     assert_eq!((kms.wrap_calls(), kms.unwrap_calls()), (w, u));
 }

@@ -42,12 +42,26 @@ async fn the_suite_catches_a_backend_that_ignores_the_context() {
         async fn describe(&self) -> cmek::Result<cmek::KeyDescription> {
             self.0.describe().await
         }
-        async fn wrap(&self, dek: &cmek::DataKey, _: &cmek::WrapContext<'_>) -> cmek::Result<cmek::WrappedKey> {
-            let (c, k) = (cmek::CompartmentId::new("fixed").unwrap(), cmek::KeyConfigId::new("fixed").unwrap());
+        async fn wrap(
+            &self,
+            dek: &cmek::DataKey,
+            _: &cmek::WrapContext<'_>,
+        ) -> cmek::Result<cmek::WrappedKey> {
+            let (c, k) = (
+                cmek::CompartmentId::new("fixed").unwrap(),
+                cmek::KeyConfigId::new("fixed").unwrap(),
+            );
             self.0.wrap(dek, &cmek::WrapContext::new(&c, &k)).await
         }
-        async fn unwrap(&self, w: &cmek::WrappedKey, _: &cmek::WrapContext<'_>) -> cmek::Result<cmek::DataKey> {
-            let (c, k) = (cmek::CompartmentId::new("fixed").unwrap(), cmek::KeyConfigId::new("fixed").unwrap());
+        async fn unwrap(
+            &self,
+            w: &cmek::WrappedKey,
+            _: &cmek::WrapContext<'_>,
+        ) -> cmek::Result<cmek::DataKey> {
+            let (c, k) = (
+                cmek::CompartmentId::new("fixed").unwrap(),
+                cmek::KeyConfigId::new("fixed").unwrap(),
+            );
             self.0.unwrap(w, &cmek::WrapContext::new(&c, &k)).await
         }
     }

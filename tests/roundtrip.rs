@@ -47,7 +47,10 @@ async fn buffer_reusing_and_in_place_variants_agree() {
     for n in [10usize, 3000, 100] {
         let pt = vec![0x42u8; n];
         client.encrypt_into(&c, &pt, b"x", &mut env).await.unwrap();
-        client.decrypt_into(&c, &env, b"x", &mut pt_out).await.unwrap();
+        client
+            .decrypt_into(&c, &env, b"x", &mut pt_out)
+            .await
+            .unwrap();
         assert_eq!(pt_out, pt);
         let mut copy = env.clone();
         let opened = client.decrypt_in_place(&c, &mut copy, b"x").await.unwrap();
@@ -58,7 +61,10 @@ async fn buffer_reusing_and_in_place_variants_agree() {
             .unwrap();
         assert_eq!(env.len(), n + 48);
         let mut copy = env.clone();
-        assert_eq!(client.decrypt_in_place(&c, &mut copy, b"x").await.unwrap(), &pt[..]);
+        assert_eq!(
+            client.decrypt_in_place(&c, &mut copy, b"x").await.unwrap(),
+            &pt[..]
+        );
     }
 }
 
@@ -70,7 +76,10 @@ async fn wrong_compartment_aad_or_key_is_rejected() {
     client.encrypt(&b, b"warm", b"").await.unwrap();
     for compact in [false, true] {
         let env = if compact {
-            client.encrypt_compact(&a, b"secret", b"row:1").await.unwrap()
+            client
+                .encrypt_compact(&a, b"secret", b"row:1")
+                .await
+                .unwrap()
         } else {
             client.encrypt(&a, b"secret", b"row:1").await.unwrap()
         };
@@ -112,7 +121,10 @@ async fn an_unknown_key_configuration_is_not_found() {
 #[tokio::test]
 async fn compact_needs_a_store_and_records_survive_a_new_client() {
     let kms = Arc::new(LocalKms::generate("local:x").unwrap());
-    let no_store = Client::builder().key(key_config(), kms.clone()).build().unwrap();
+    let no_store = Client::builder()
+        .key(key_config(), kms.clone())
+        .build()
+        .unwrap();
     let c = compartment("t");
     let err = no_store.encrypt_compact(&c, b"d", b"").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Configuration);

@@ -21,7 +21,9 @@ struct Spy {
 
 impl std::fmt::Debug for Spy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spy").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Spy")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -49,7 +51,9 @@ fn renderings(secret: &[u8]) -> Vec<String> {
         hex.to_uppercase(),
         base64::engine::general_purpose::STANDARD.encode(secret),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
-        format!("{:?}", &secret[..6]).trim_end_matches(']').to_owned(),
+        format!("{:?}", &secret[..6])
+            .trim_end_matches(']')
+            .to_owned(),
         String::from_utf8_lossy(secret).into_owned(),
     ]
 }
@@ -57,7 +61,10 @@ fn renderings(secret: &[u8]) -> Vec<String> {
 fn assert_clean(label: &str, text: &str, secrets: &[Vec<u8>]) {
     for s in secrets {
         for r in renderings(s) {
-            assert!(!text.contains(&r), "{label} leaks a secret rendered as {r:?}: {text}");
+            assert!(
+                !text.contains(&r),
+                "{label} leaks a secret rendered as {r:?}: {text}"
+            );
         }
     }
 }
@@ -92,7 +99,10 @@ async fn nothing_prints_key_material() {
         .unwrap();
     let c = compartment("tenant-secret");
     let env = client.encrypt(&c, b"payload", b"aad").await.unwrap();
-    let compact = client.encrypt_compact(&c, b"payload", b"aad").await.unwrap();
+    let compact = client
+        .encrypt_compact(&c, b"payload", b"aad")
+        .await
+        .unwrap();
     secrets.extend(spy.seen.lock().unwrap().iter().map(|k| k.to_vec()));
     assert_eq!(secrets.len(), 3, "two KEK versions and one DEK");
 
@@ -101,10 +111,16 @@ async fn nothing_prints_key_material() {
         ("stats", format!("{:?}", client.stats())),
         ("spy backend", format!("{:?}", spy.inner)),
         ("inspect", format!("{:?}", cmek::inspect(&env).unwrap())),
-        ("inspect json", serde_json::to_string(&cmek::inspect(&env).unwrap()).unwrap()),
+        (
+            "inspect json",
+            serde_json::to_string(&cmek::inspect(&env).unwrap()).unwrap(),
+        ),
         ("faulty", format!("{:?}", FaultyKms::in_memory().unwrap())),
         ("envelope bytes", String::from_utf8_lossy(&env).into_owned()),
-        ("compact bytes", String::from_utf8_lossy(&compact).into_owned()),
+        (
+            "compact bytes",
+            String::from_utf8_lossy(&compact).into_owned(),
+        ),
     ];
     // Errors from every failure path.
     let mut bad = env.clone();
@@ -113,7 +129,10 @@ async fn nothing_prints_key_material() {
     let failures = [
         client.decrypt(&c, &bad, b"aad").await.unwrap_err(),
         client.decrypt(&c, &env, b"other").await.unwrap_err(),
-        client.decrypt(&compartment("other"), &env, b"aad").await.unwrap_err(),
+        client
+            .decrypt(&compartment("other"), &env, b"aad")
+            .await
+            .unwrap_err(),
         client.decrypt(&c, &env[..30], b"aad").await.unwrap_err(),
         Client::builder().build().unwrap_err(),
     ];
@@ -132,7 +151,12 @@ async fn nothing_prints_key_material() {
 
 #[test]
 fn wrapped_keys_and_records_do_not_dump_bytes() {
-    let w = WrappedKey::new(Provider::Aws, "arn:aws:kms:us-east-1:1:key/x", "", vec![0xAB; 40]);
+    let w = WrappedKey::new(
+        Provider::Aws,
+        "arn:aws:kms:us-east-1:1:key/x",
+        "",
+        vec![0xAB; 40],
+    );
     let text = format!("{w:?}");
     assert!(text.contains("ciphertext_len: 40"), "{text}");
     assert!(!text.contains("171"), "{text}");

@@ -13,10 +13,22 @@ async fn every_flip_is_rejected(client: &Client, c: &CompartmentId, env: &[u8], 
         bad[bit / 8] ^= 1 << (bit % 8);
         out.extend_from_slice(b"stale");
         let result = client.decrypt_into(c, &bad, b"aad", &mut out).await;
-        assert!(result.is_err(), "flip of bit {bit} (byte {}) was accepted", bit / 8);
-        assert!(out.is_empty(), "partial plaintext left after flip of bit {bit}");
+        assert!(
+            result.is_err(),
+            "flip of bit {bit} (byte {}) was accepted",
+            bit / 8
+        );
+        assert!(
+            out.is_empty(),
+            "partial plaintext left after flip of bit {bit}"
+        );
         let mut in_place = bad.clone();
-        assert!(client.decrypt_in_place(c, &mut in_place, b"aad").await.is_err());
+        assert!(
+            client
+                .decrypt_in_place(c, &mut in_place, b"aad")
+                .await
+                .is_err()
+        );
         assert!(
             !in_place.windows(pt.len()).any(|w| w == pt),
             "plaintext visible after failed in-place decrypt (bit {bit})"
@@ -24,7 +36,10 @@ async fn every_flip_is_rejected(client: &Client, c: &CompartmentId, env: &[u8], 
     }
     // Cutting anything off is rejected too.
     for n in 0..env.len() {
-        assert!(client.decrypt(c, &env[..n], b"aad").await.is_err(), "truncation to {n}");
+        assert!(
+            client.decrypt(c, &env[..n], b"aad").await.is_err(),
+            "truncation to {n}"
+        );
     }
     // And the untouched envelope still opens (nothing got poisoned in the cache).
     assert_eq!(client.decrypt(c, env, b"aad").await.unwrap(), pt);
@@ -63,6 +78,9 @@ async fn every_bit_flip_rejected_by_a_cold_client() {
             .unwrap();
         let mut bad = env.clone();
         bad[bit / 8] ^= 1 << (bit % 8);
-        assert!(reader.decrypt(&c, &bad, b"aad").await.is_err(), "cold flip of bit {bit}");
+        assert!(
+            reader.decrypt(&c, &bad, b"aad").await.is_err(),
+            "cold flip of bit {bit}"
+        );
     }
 }

@@ -86,23 +86,46 @@ async fn golden_vectors_decrypt_and_reproduce() {
         let compartment = CompartmentId::new(&v.compartment_id).unwrap();
         let key_config = KeyConfigId::new(&v.key_config_id).unwrap();
         let record = DekRecord::from_bytes(&unhex(&v.dek_record)).unwrap();
-        assert_eq!(record.dek_id(), DekId::from_hex(&v.dek_id).unwrap(), "{}", v.name);
+        assert_eq!(
+            record.dek_id(),
+            DekId::from_hex(&v.dek_id).unwrap(),
+            "{}",
+            v.name
+        );
         assert_eq!(record.compartment(), &compartment);
 
         let dek = kms
-            .unwrap(record.wrapped(), &WrapContext::new(&compartment, &key_config))
+            .unwrap(
+                record.wrapped(),
+                &WrapContext::new(&compartment, &key_config),
+            )
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", v.name));
         assert_eq!(hex(dek.expose_secret()), v.dek, "{}", v.name);
 
         let nonce: [u8; 12] = unhex(&v.nonce).try_into().unwrap();
-        let again = seal_with(&dek, &record, form(&v.form), &nonce, &unhex(&v.plaintext), &unhex(&v.aad)).unwrap();
+        let again = seal_with(
+            &dek,
+            &record,
+            form(&v.form),
+            &nonce,
+            &unhex(&v.plaintext),
+            &unhex(&v.aad),
+        )
+        .unwrap();
         assert_eq!(hex(&again), v.envelope, "{}: re-encryption differs", v.name);
 
         let store = Arc::new(MemoryDekStore::new());
         store.put(&record).await.unwrap();
-        let client = Client::builder().key(key_config, kms.clone()).dek_store(store).build().unwrap();
-        let pt = client.decrypt(&compartment, &unhex(&v.envelope), &unhex(&v.aad)).await.unwrap();
+        let client = Client::builder()
+            .key(key_config, kms.clone())
+            .dek_store(store)
+            .build()
+            .unwrap();
+        let pt = client
+            .decrypt(&compartment, &unhex(&v.envelope), &unhex(&v.aad))
+            .await
+            .unwrap();
         assert_eq!(hex(&pt), v.plaintext, "{}", v.name);
     }
     let client = Client::builder()
@@ -112,7 +135,10 @@ async fn golden_vectors_decrypt_and_reproduce() {
         .unwrap();
     let c = CompartmentId::new("f8a7b6c5-4d3e-4f1a-8b9c-0d1e2f3a4b5c").unwrap();
     for bad in &file.invalid {
-        let err = client.decrypt(&c, &unhex(&bad.envelope), b"").await.unwrap_err();
+        let err = client
+            .decrypt(&c, &unhex(&bad.envelope), b"")
+            .await
+            .unwrap_err();
         assert_eq!(err.kind().as_str(), bad.error_kind, "{}: {err}", bad.name);
     }
 }
@@ -125,7 +151,8 @@ async fn write_vectors() {
     }
     let material = |seed: u8| {
         use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode((0..32).map(|i| seed.wrapping_add(i)).collect::<Vec<u8>>())
+        base64::engine::general_purpose::STANDARD
+            .encode((0..32).map(|i| seed.wrapping_add(i)).collect::<Vec<u8>>())
     };
     let kek_file = serde_json::json!({
         "type": "cmek_local_key",
@@ -148,26 +175,83 @@ async fn write_vectors() {
     let (_dir2, kms_v2) = open_kek(&file);
     let mut v1_file = file.kek_file.clone();
     v1_file["primary_version"] = 1.into();
-    let v1 = File { description: String::new(), kek_file: v1_file, vectors: vec![], invalid: vec![] };
+    let v1 = File {
+        description: String::new(),
+        kek_file: v1_file,
+        vectors: vec![],
+        invalid: vec![],
+    };
     let (_dir1, kms_v1) = open_kek(&v1);
-    let cases: [(&str, &str, &[u8], &[u8], u8); 8] = [
+    // (name, form, plaintext, aad, seed for DEK, DEK id and nonce)
+    type Case<'a> = (&'a str, &'a str, &'a [u8], &'a [u8], u8);
+    let cases: [Case; 8] = [
         ("self-contained empty", "self_contained", b"", b"", 0x10),
-        ("self-contained short with aad", "self_contained", b"hello, compartment", b"object/42", 0x11),
-        ("self-contained 1 KiB", "self_contained", &[0x5a; 1024], b"", 0x12),
-        ("self-contained kek version 1", "self_contained", b"old key version", b"", 0x13),
+        (
+            "self-contained short with aad",
+            "self_contained",
+            b"hello, compartment",
+            b"object/42",
+            0x11,
+        ),
+        (
+            "self-contained 1 KiB",
+            "self_contained",
+            &[0x5a; 1024],
+            b"",
+            0x12,
+        ),
+        (
+            "self-contained kek version 1",
+            "self_contained",
+            b"old key version",
+            b"",
+            0x13,
+        ),
         ("compact empty", "compact", b"", b"", 0x20),
-        ("compact short with aad", "compact", b"row 7 of table t", b"t/7", 0x21),
-        ("compact 300 bytes", "compact", &[0xa5; 300], b"long aad long aad long aad", 0x22),
-        ("compact kek version 1", "compact", b"old key version", b"", 0x23),
+        (
+            "compact short with aad",
+            "compact",
+            b"row 7 of table t",
+            b"t/7",
+            0x21,
+        ),
+        (
+            "compact 300 bytes",
+            "compact",
+            &[0xa5; 300],
+            b"long aad long aad long aad",
+            0x22,
+        ),
+        (
+            "compact kek version 1",
+            "compact",
+            b"old key version",
+            b"",
+            0x23,
+        ),
     ];
     for (name, form_name, pt, aad, seed) in cases {
-        let kms = if name.ends_with("kek version 1") { &kms_v1 } else { &kms_v2 };
+        let kms = if name.ends_with("kek version 1") {
+            &kms_v1
+        } else {
+            &kms_v2
+        };
         let compartment = CompartmentId::new("f8a7b6c5-4d3e-4f1a-8b9c-0d1e2f3a4b5c").unwrap();
         let key_config = KeyConfigId::new("local").unwrap();
         let dek = DataKey::from_slice(&[seed; 32]).unwrap();
         let dek_id = DekId::from_bytes([seed ^ 0xff; 16]);
-        let wrapped = kms.wrap(&dek, &WrapContext::new(&compartment, &key_config)).await.unwrap();
-        let record = record_for(&dek, dek_id, compartment.clone(), key_config.clone(), wrapped).unwrap();
+        let wrapped = kms
+            .wrap(&dek, &WrapContext::new(&compartment, &key_config))
+            .await
+            .unwrap();
+        let record = record_for(
+            &dek,
+            dek_id,
+            compartment.clone(),
+            key_config.clone(),
+            wrapped,
+        )
+        .unwrap();
         let nonce = [seed; 12];
         let envelope = seal_with(&dek, &record, form(form_name), &nonce, pt, aad).unwrap();
         file.vectors.push(Vector {
@@ -188,7 +272,11 @@ async fn write_vectors() {
     let mut with = |name: &str, kind: &str, f: &dyn Fn(&mut Vec<u8>)| {
         let mut e = sample.clone();
         f(&mut e);
-        file.invalid.push(Invalid { name: name.into(), envelope: hex(&e), error_kind: kind.into() });
+        file.invalid.push(Invalid {
+            name: name.into(),
+            envelope: hex(&e),
+            error_kind: kind.into(),
+        });
     };
     with("empty", "invalid_input", &|e| e.clear());
     with("bad magic", "invalid_input", &|e| e[0] = 0xCF);
@@ -196,11 +284,12 @@ async fn write_vectors() {
     with("unknown form", "invalid_input", &|e| e[2] = 9);
     with("unknown suite", "invalid_input", &|e| e[3] = 0x7f);
     with("truncated header", "invalid_input", &|e| e.truncate(40));
-    with("dek record is not an envelope", "invalid_input", &|e| e[2] = 3);
+    with("dek record is not an envelope", "invalid_input", &|e| {
+        e[2] = 3
+    });
     with("flipped tag bit", "integrity", &|e| {
         let n = e.len() - 1;
         e[n] ^= 1;
     });
     std::fs::write(PATH, serde_json::to_string_pretty(&file).unwrap() + "\n").unwrap();
 }
-

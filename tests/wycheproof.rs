@@ -26,20 +26,42 @@ fn aes_256_gcm_vectors_pass_with_every_provider() {
                     TestResult::Valid | TestResult::Acceptable => {
                         let mut sealed = vec![0u8; t.pt.len() + 16];
                         cipher.seal(&nonce, &t.aad, &t.pt, &mut sealed).unwrap();
-                        assert_eq!(&sealed[..t.pt.len()], &t.ct[..], "{provider} tc {} ct", t.tc_id);
-                        assert_eq!(&sealed[t.pt.len()..], &t.tag[..], "{provider} tc {} tag", t.tc_id);
+                        assert_eq!(
+                            &sealed[..t.pt.len()],
+                            &t.ct[..],
+                            "{provider} tc {} ct",
+                            t.tc_id
+                        );
+                        assert_eq!(
+                            &sealed[t.pt.len()..],
+                            &t.tag[..],
+                            "{provider} tc {} tag",
+                            t.tc_id
+                        );
                         open.unwrap_or_else(|e| panic!("{provider} tc {}: {e}", t.tc_id));
                         assert_eq!(opened, &t.pt[..], "{provider} tc {}", t.tc_id);
                         valid += 1;
                     }
                     TestResult::Invalid => {
-                        assert!(open.is_err(), "{provider} accepted invalid tc {}: {}", t.tc_id, t.comment);
-                        assert!(opened.iter().all(|&b| b == 0), "{provider} tc {} left output", t.tc_id);
+                        assert!(
+                            open.is_err(),
+                            "{provider} accepted invalid tc {}: {}",
+                            t.tc_id,
+                            t.comment
+                        );
+                        assert!(
+                            opened.iter().all(|&b| b == 0),
+                            "{provider} tc {} left output",
+                            t.tc_id
+                        );
                         invalid += 1;
                     }
                 }
             }
         }
-        assert!(valid >= 30 && invalid >= 20, "{provider}: only {valid} valid / {invalid} invalid vectors ran");
+        assert!(
+            valid >= 30 && invalid >= 20,
+            "{provider}: only {valid} valid / {invalid} invalid vectors ran"
+        );
     }
 }

@@ -171,10 +171,11 @@ mod tests {
     use super::*;
 
     fn limits(max_messages: u64, max_bytes: u64) -> EncryptLimits {
-        let mut c = CacheConfig::default();
-        c.encrypt_max_messages = max_messages;
-        c.encrypt_max_bytes = max_bytes;
-        EncryptLimits::new(&c)
+        EncryptLimits::new(&CacheConfig {
+            encrypt_max_messages: max_messages,
+            encrypt_max_bytes: max_bytes,
+            ..CacheConfig::default()
+        })
     }
 
     fn dek() -> Arc<LoadedDek> {

@@ -1,9 +1,9 @@
 //! A DEK ready for use: expanded key, commitment, encoded header and header digests.
 
+use crate::error::Result;
 use crate::format::{DekRecord, Form, MAGIC, Preamble, VERSION, sha256};
 use crate::ids::{CompartmentId, DekId, KeyConfigId};
 use crate::key::DekMaterial;
-use crate::error::Result;
 
 /// Everything the hot path needs about one DEK, computed once when the DEK enters the cache.
 pub(crate) struct LoadedDek {

@@ -162,14 +162,24 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_limits_checked() {
         CacheConfig::default().validate().unwrap();
-        let mut c = CacheConfig::default();
-        c.encrypt_max_messages = MAX_MESSAGES_PER_DEK + 1;
-        assert!(c.validate().is_err());
-        let mut c = CacheConfig::default();
-        c.refresh_fraction = 0.0;
-        assert!(c.validate().is_err());
-        let mut c = CacheConfig::default();
-        c.decrypt_capacity = 0;
-        assert!(c.validate().is_err());
+        for bad in [
+            CacheConfig {
+                encrypt_max_messages: MAX_MESSAGES_PER_DEK + 1,
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                refresh_fraction: 0.0,
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                decrypt_capacity: 0,
+                ..CacheConfig::default()
+            },
+        ] {
+            assert_eq!(
+                bad.validate().unwrap_err().kind(),
+                crate::ErrorKind::Configuration
+            );
+        }
     }
 }

@@ -30,8 +30,11 @@ pub(crate) trait Touch {
 
 type Shard<K, V> = HashMap<K, V, RandomState>;
 
+/// One shard: the current snapshot and the lock writers take to replace it.
+type ShardCell<K, V> = (ArcSwap<Shard<K, V>>, Mutex<()>);
+
 pub(crate) struct SnapshotMap<K, V> {
-    shards: Box<[(ArcSwap<Shard<K, V>>, Mutex<()>)]>,
+    shards: Box<[ShardCell<K, V>]>,
     shard_mask: usize,
     hasher: RandomState,
     shard_capacity: usize,
@@ -62,7 +65,7 @@ impl<K: Hash + Eq + Clone, V: Clone + Touch> SnapshotMap<K, V> {
     }
 
     #[inline]
-    fn shard(&self, key: &K) -> &(ArcSwap<Shard<K, V>>, Mutex<()>) {
+    fn shard(&self, key: &K) -> &ShardCell<K, V> {
         let h = self.hasher.hash_one(key);
         &self.shards[(h >> 32) as usize & self.shard_mask]
     }
@@ -177,14 +180,21 @@ mod tests {
         let hot = u64::MAX;
         m.insert(hot, V::default());
         for k in 0..10_000u64 {
-            assert!(m.with(&hot, |_| ()).is_some(), "the hot entry was evicted at {k}");
+            assert!(
+                m.with(&hot, |_| ()).is_some(),
+                "the hot entry was evicted at {k}"
+            );
             m.insert(k, V::default());
         }
         assert!(m.len() <= 64 * 4);
         for capacity in [1usize, 50, 100, 1000, 10_000, 12_345] {
             let m = SnapshotMap::<u64, V>::new(capacity, Arc::default());
             (0..3 * capacity as u64).for_each(|k| m.insert(k, V::default()));
-            assert!(m.len() <= capacity && m.len() >= capacity * 9 / 10, "{capacity}: {}", m.len());
+            assert!(
+                m.len() <= capacity && m.len() >= capacity * 9 / 10,
+                "{capacity}: {}",
+                m.len()
+            );
         }
         assert_eq!(ev.load(Relaxed) as usize, 10_001 - m.len());
         m.retain(|k, _| k % 3 != 0);

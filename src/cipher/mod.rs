@@ -211,18 +211,25 @@ mod tests {
             assert_eq!(&out[pt.len()..], &tag[..]);
 
             let mut back = vec![0u8; pt.len()];
-            k.open(&nonce, b"aad", &out[..pt.len()], &tag, &mut back).unwrap();
+            k.open(&nonce, b"aad", &out[..pt.len()], &tag, &mut back)
+                .unwrap();
             assert_eq!(back, pt);
-            k.open_in_place(&nonce, b"aad", &mut in_place, &tag).unwrap();
+            k.open_in_place(&nonce, b"aad", &mut in_place, &tag)
+                .unwrap();
             assert_eq!(in_place, pt);
 
             let mut bad = out.clone();
             bad[0] ^= 1;
             let mut junk = vec![0xAAu8; pt.len()];
-            let err = k.open(&nonce, b"aad", &bad[..pt.len()], &tag, &mut junk).unwrap_err();
+            let err = k
+                .open(&nonce, b"aad", &bad[..pt.len()], &tag, &mut junk)
+                .unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::Integrity);
             assert!(junk.iter().all(|&b| b == 0), "no partial plaintext");
-            assert!(k.open(&nonce, b"aae", &out[..pt.len()], &tag, &mut junk).is_err());
+            assert!(
+                k.open(&nonce, b"aae", &out[..pt.len()], &tag, &mut junk)
+                    .is_err()
+            );
             outputs.push(out);
         }
         outputs.windows(2).for_each(|w| assert_eq!(w[0], w[1]));

@@ -23,11 +23,13 @@ impl Preamble {
     #[inline]
     pub(crate) fn peek(bytes: &[u8]) -> Result<Self> {
         let Some(head) = bytes.first_chunk::<{ Self::LEN }>() else {
-            return Err(Error::invalid_input(if bytes.first() == Some(&MAGIC) || bytes.is_empty() {
-                "truncated envelope"
-            } else {
-                "not a cmek envelope (bad magic byte)"
-            }));
+            return Err(Error::invalid_input(
+                if bytes.first() == Some(&MAGIC) || bytes.is_empty() {
+                    "truncated envelope"
+                } else {
+                    "not a cmek envelope (bad magic byte)"
+                },
+            ));
         };
         if head[0] != MAGIC {
             return Err(Error::invalid_input("not a cmek envelope (bad magic byte)"));

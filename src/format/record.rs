@@ -98,10 +98,14 @@ impl DekRecord {
     /// Checks the lengths the encoding can carry; backends' output passes through here.
     pub(crate) fn check_encodable(wrapped: &WrappedKey) -> Result<()> {
         if wrapped.key_id.len() > MAX_KEY_ID_LEN {
-            return Err(Error::configuration("backend key id is longer than 2048 bytes"));
+            return Err(Error::configuration(
+                "backend key id is longer than 2048 bytes",
+            ));
         }
         if wrapped.key_version.len() > MAX_KEY_VERSION_LEN {
-            return Err(Error::configuration("backend key version is longer than 255 bytes"));
+            return Err(Error::configuration(
+                "backend key version is longer than 255 bytes",
+            ));
         }
         if wrapped.ciphertext.is_empty() || wrapped.ciphertext.len() > MAX_WRAPPED_LEN {
             return Err(Error::configuration("wrapped DEK must be 1 to 4096 bytes"));
@@ -126,7 +130,9 @@ impl DekRecord {
     pub(crate) fn decode(bytes: &[u8]) -> Result<(Form, Self, usize)> {
         let pre = super::Preamble::peek(bytes)?;
         if pre.form == Form::Compact {
-            return Err(Error::invalid_input("a compact envelope holds no DEK record"));
+            return Err(Error::invalid_input(
+                "a compact envelope holds no DEK record",
+            ));
         }
         let mut r = Reader {
             bytes,

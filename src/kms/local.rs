@@ -186,7 +186,10 @@ impl LocalKms {
                 },
                 (state, Some(b64)) => {
                     let bytes = Zeroizing::new(BASE64.decode(b64.as_bytes()).map_err(|_| {
-                        Error::invalid_input(format!("version {} material is not base64", v.version))
+                        Error::invalid_input(format!(
+                            "version {} material is not base64",
+                            v.version
+                        ))
                     })?);
                     let mut material = Zeroizing::new([0u8; 32]);
                     if bytes.len() != 32 {
@@ -213,7 +216,9 @@ impl LocalKms {
             }
         }
         if !versions.contains_key(&file.primary_version) {
-            return Err(Error::invalid_input("primary version is not in the key file"));
+            return Err(Error::invalid_input(
+                "primary version is not in the key file",
+            ));
         }
         Ok(Self {
             key_id: checked_key_id(file.key_id)?,
@@ -356,8 +361,11 @@ impl LocalKms {
     }
 
     fn aad(&self, version: u32, context: &WrapContext<'_>) -> Vec<u8> {
-        let mut aad = format!("cmek-local-kek/v1;key_id={};version={version};", self.key_id)
-            .into_bytes();
+        let mut aad = format!(
+            "cmek-local-kek/v1;key_id={};version={version};",
+            self.key_id
+        )
+        .into_bytes();
         aad.extend_from_slice(&context.canonical_bytes());
         aad
     }
@@ -412,7 +420,10 @@ impl KmsBackend for LocalKms {
     async fn wrap(&self, dek: &DataKey, context: &WrapContext<'_>) -> Result<WrappedKey> {
         let ring = read(&self.ring)?;
         if !ring.enabled {
-            return Err(Error::revoked(format!("local key {} is disabled", self.key_id)));
+            return Err(Error::revoked(format!(
+                "local key {} is disabled",
+                self.key_id
+            )));
         }
         let version = ring.primary;
         let cipher = usable(&ring, version, &self.key_id)?;
@@ -448,7 +459,10 @@ impl KmsBackend for LocalKms {
             .map_err(|_| Error::not_found("no such local key version"))?;
         let ring = read(&self.ring)?;
         if !ring.enabled {
-            return Err(Error::revoked(format!("local key {} is disabled", self.key_id)));
+            return Err(Error::revoked(format!(
+                "local key {} is disabled",
+                self.key_id
+            )));
         }
         let cipher = usable(&ring, version, &self.key_id)?;
         let Some((nonce, rest)) = wrapped.ciphertext.split_first_chunk::<NONCE_LEN>() else {
@@ -461,7 +475,13 @@ impl KmsBackend for LocalKms {
             return Err(Error::integrity());
         }
         let mut dek = Zeroizing::new([0u8; DATA_KEY_LEN]);
-        cipher.open(nonce, &self.aad(version, context), ct, tag, dek.as_mut_slice())?;
+        cipher.open(
+            nonce,
+            &self.aad(version, context),
+            ct,
+            tag,
+            dek.as_mut_slice(),
+        )?;
         DataKey::from_slice(dek.as_slice())
     }
 }
@@ -516,7 +536,10 @@ mod tests {
         let w1 = kms.wrap(&dek, &ctx).await.unwrap();
         assert_eq!(kms.rotate().unwrap(), 2);
         let w2 = kms.wrap(&dek, &ctx).await.unwrap();
-        assert_eq!((w1.key_version.as_str(), w2.key_version.as_str()), ("1", "2"));
+        assert_eq!(
+            (w1.key_version.as_str(), w2.key_version.as_str()),
+            ("1", "2")
+        );
 
         let reopened = LocalKms::open(&path).unwrap();
         assert_eq!(reopened.primary_version(), 2);
@@ -545,11 +568,17 @@ mod tests {
         let w1 = kms.wrap(&dek, &ctx).await.unwrap();
         kms.rotate().unwrap();
         kms.set_version_state(1, VersionState::Disabled).unwrap();
-        assert_eq!(kms.unwrap(&w1, &ctx).await.err().unwrap().kind(), ErrorKind::KeyRevoked);
+        assert_eq!(
+            kms.unwrap(&w1, &ctx).await.err().unwrap().kind(),
+            ErrorKind::KeyRevoked
+        );
         kms.set_version_state(1, VersionState::Enabled).unwrap();
         assert!(kms.unwrap(&w1, &ctx).await.is_ok());
         kms.set_version_state(1, VersionState::Destroyed).unwrap();
-        assert_eq!(kms.unwrap(&w1, &ctx).await.err().unwrap().kind(), ErrorKind::KeyRevoked);
+        assert_eq!(
+            kms.unwrap(&w1, &ctx).await.err().unwrap().kind(),
+            ErrorKind::KeyRevoked
+        );
         assert!(kms.set_version_state(1, VersionState::Enabled).is_err());
         assert!(kms.set_version_state(2, VersionState::Destroyed).is_err());
     }

@@ -102,10 +102,7 @@ impl DekStore for FileDekStore {
             let mut ids = Vec::new();
             for entry in entries {
                 let name = entry?.file_name();
-                let Some(stem) = name
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".dek"))
-                else {
+                let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".dek")) else {
                     continue;
                 };
                 if let Ok(id) = DekId::from_hex(stem) {

@@ -80,7 +80,9 @@ fn tempfile_in(dir: &Path, mode: u32) -> Result<(std::path::PathBuf, std::fs::Fi
             Ok(f) => return Ok((path, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => {
-                return Err(Error::from(e).with_context(format!("creating a file in {}", dir.display())));
+                return Err(
+                    Error::from(e).with_context(format!("creating a file in {}", dir.display()))
+                );
             }
         }
     }

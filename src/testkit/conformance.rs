@@ -13,6 +13,8 @@
 //! # Ok(()) }
 //! ```
 
+#![allow(clippy::expect_used)] // a test suite: failures are panics with messages
+
 use std::sync::Arc;
 
 use crate::error::ErrorKind;
@@ -43,14 +45,25 @@ pub async fn run_all(backend: Arc<dyn KmsBackend>, control: Option<&dyn KeyState
 pub async fn describe_matches_wrap(backend: &dyn KmsBackend) {
     let (c, k) = ids("conformance-describe", "conformance");
     let description = backend.describe().await.expect("describe failed");
-    assert_eq!(description.provider, backend.provider(), "describe names another provider");
+    assert_eq!(
+        description.provider,
+        backend.provider(),
+        "describe names another provider"
+    );
     let dek = DataKey::generate().expect("rng");
     let wrapped = backend
         .wrap(&dek, &WrapContext::new(&c, &k))
         .await
         .expect("wrap failed");
-    assert_eq!(wrapped.provider, backend.provider(), "wrap recorded another provider");
-    assert_eq!(wrapped.key_id, description.key_id, "wrap recorded another key id than describe");
+    assert_eq!(
+        wrapped.provider,
+        backend.provider(),
+        "wrap recorded another provider"
+    );
+    assert_eq!(
+        wrapped.key_id, description.key_id,
+        "wrap recorded another key id than describe"
+    );
 }
 
 /// A wrapped DEK unwraps to the same bytes under the same context; wrapping is randomized.
@@ -60,10 +73,17 @@ pub async fn round_trip(backend: &dyn KmsBackend) {
     let dek = DataKey::generate().expect("rng");
     let w1 = backend.wrap(&dek, &ctx).await.expect("wrap failed");
     let w2 = backend.wrap(&dek, &ctx).await.expect("second wrap failed");
-    assert_ne!(w1.ciphertext, w2.ciphertext, "wrapping the same DEK twice gave equal ciphertexts");
+    assert_ne!(
+        w1.ciphertext, w2.ciphertext,
+        "wrapping the same DEK twice gave equal ciphertexts"
+    );
     for w in [&w1, &w2] {
         let back = backend.unwrap(w, &ctx).await.expect("unwrap failed");
-        assert_eq!(back.expose_secret(), dek.expose_secret(), "unwrap returned another key");
+        assert_eq!(
+            back.expose_secret(),
+            dek.expose_secret(),
+            "unwrap returned another key"
+        );
     }
     let wrapped_bytes = &w1.ciphertext;
     assert!(
@@ -128,9 +148,20 @@ pub async fn disabled_key_is_revoked(backend: &dyn KmsBackend, control: &dyn Key
     let wrap = backend.wrap(&dek, &ctx).await;
     let unwrap = backend.unwrap(&wrapped, &ctx).await;
     control.enable_key().await.expect("enable failed");
-    assert_eq!(wrap.err().map(|e| e.kind()), Some(ErrorKind::KeyRevoked), "wrap on a disabled key");
-    assert_eq!(unwrap.err().map(|e| e.kind()), Some(ErrorKind::KeyRevoked), "unwrap on a disabled key");
-    let back = backend.unwrap(&wrapped, &ctx).await.expect("unwrap after enabling failed");
+    assert_eq!(
+        wrap.err().map(|e| e.kind()),
+        Some(ErrorKind::KeyRevoked),
+        "wrap on a disabled key"
+    );
+    assert_eq!(
+        unwrap.err().map(|e| e.kind()),
+        Some(ErrorKind::KeyRevoked),
+        "unwrap on a disabled key"
+    );
+    let back = backend
+        .unwrap(&wrapped, &ctx)
+        .await
+        .expect("unwrap after enabling failed");
     assert_eq!(back.expose_secret(), dek.expose_secret());
 }
 
@@ -144,8 +175,14 @@ pub async fn concurrent_use(backend: Arc<dyn KmsBackend>) {
             let ctx = WrapContext::new(&c, &k);
             for _ in 0..4 {
                 let dek = DataKey::generate().expect("rng");
-                let w = backend.wrap(&dek, &ctx).await.expect("concurrent wrap failed");
-                let back = backend.unwrap(&w, &ctx).await.expect("concurrent unwrap failed");
+                let w = backend
+                    .wrap(&dek, &ctx)
+                    .await
+                    .expect("concurrent wrap failed");
+                let back = backend
+                    .unwrap(&w, &ctx)
+                    .await
+                    .expect("concurrent unwrap failed");
                 assert_eq!(back.expose_secret(), dek.expose_secret());
             }
         }));

@@ -11,9 +11,7 @@ use async_trait::async_trait;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::DataKey;
 use crate::kms::local::LocalKms;
-use crate::kms::{
-    KeyDescription, KeyStateControl, KmsBackend, Provider, WrapContext, WrappedKey,
-};
+use crate::kms::{KeyDescription, KeyStateControl, KmsBackend, Provider, WrapContext, WrappedKey};
 
 /// What the next wrap or unwrap call does.
 #[derive(Clone, Debug, PartialEq, Eq)]

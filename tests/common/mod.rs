@@ -17,8 +17,7 @@ pub fn key_config() -> KeyConfigId {
 
 /// Retries quickly so failure tests stay fast.
 pub fn fast_retry() -> RetryPolicy {
-    RetryPolicy::default()
-        .with_backoff(Duration::from_millis(1), Duration::from_millis(5))
+    RetryPolicy::default().with_backoff(Duration::from_millis(1), Duration::from_millis(5))
 }
 
 /// A client over a fault-injecting in-memory key, with a memory DEK store.

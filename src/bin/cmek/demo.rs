@@ -51,7 +51,14 @@ fn uuid_v4(rng: &mut impl rand::Rng) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
@@ -89,11 +96,26 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
     );
     let tasks = args.tasks.max(1);
     say!("cmek demo: the embedded default (local key file, file DEK store)");
-    say!("  key file       {} ({}, version {})", key_path.display(), kms.key_id(), kms.primary_version());
+    say!(
+        "  key file       {} ({}, version {})",
+        key_path.display(),
+        kms.key_id(),
+        kms.primary_version()
+    );
     say!("  DEK records    {}", records_dir.display());
-    say!("  cipher         AES-256-GCM via {}", client.cipher_provider());
-    say!("  workload       {} records over {} compartments (skewed), {} tasks;", args.records, compartments.len(), tasks);
-    say!("                 75% rows 64-512 B (compact), 22% documents 1-4 KiB and 3% blobs 32 KiB (self-contained);");
+    say!(
+        "  cipher         AES-256-GCM via {}",
+        client.cipher_provider()
+    );
+    say!(
+        "  workload       {} records over {} compartments (skewed), {} tasks;",
+        args.records,
+        compartments.len(),
+        tasks
+    );
+    say!(
+        "                 75% rows 64-512 B (compact), 22% documents 1-4 KiB and 3% blobs 32 KiB (self-contained);"
+    );
     say!("                 every write is followed by a read of a recent record of the same task");
 
     // Phase 1: writes and reads of recent records, all tasks at once.
@@ -116,21 +138,39 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
                 let pt = record(task, i, len);
                 let aad = format!("{task}/{i}");
                 if len <= 512 {
-                    client.encrypt_compact_into(&compartments[c], &pt, aad.as_bytes(), &mut envelope).await?;
+                    client
+                        .encrypt_compact_into(&compartments[c], &pt, aad.as_bytes(), &mut envelope)
+                        .await?;
                     compact += 1;
                 } else {
-                    client.encrypt_into(&compartments[c], &pt, aad.as_bytes(), &mut envelope).await?;
+                    client
+                        .encrypt_into(&compartments[c], &pt, aad.as_bytes(), &mut envelope)
+                        .await?;
                 }
                 bytes += len as u64;
                 if ring.len() == RING {
                     ring.pop_front();
                 }
-                ring.push_back(Written { compartment: c, index: i, envelope: envelope.clone() });
+                ring.push_back(Written {
+                    compartment: c,
+                    index: i,
+                    envelope: envelope.clone(),
+                });
                 let back = &ring[rng.random_range(0..ring.len())];
                 let aad = format!("{task}/{}", back.index);
-                client.decrypt_into(&compartments[back.compartment], &back.envelope, aad.as_bytes(), &mut opened).await?;
+                client
+                    .decrypt_into(
+                        &compartments[back.compartment],
+                        &back.envelope,
+                        aad.as_bytes(),
+                        &mut opened,
+                    )
+                    .await?;
                 if opened[..] != record(task, back.index, opened.len())[..] {
-                    return Err(cmek::Error::new(cmek::ErrorKind::Integrity, "demo read back wrong data"));
+                    return Err(cmek::Error::new(
+                        cmek::ErrorKind::Integrity,
+                        "demo read back wrong data",
+                    ));
                 }
                 reads += 1;
             }
@@ -140,9 +180,9 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
     let (mut bytes, mut reads, mut compact) = (0u64, 0u64, 0u64);
     let mut kept = Vec::new();
     for (task, h) in handles.into_iter().enumerate() {
-        let (b, r, c, ring) = h
-            .await
-            .map_err(|e| cmek::Error::new(cmek::ErrorKind::Transient, format!("task failed: {e}")))??;
+        let (b, r, c, ring) = h.await.map_err(|e| {
+            cmek::Error::new(cmek::ErrorKind::Transient, format!("task failed: {e}"))
+        })??;
         bytes += b;
         reads += r;
         compact += c;
@@ -153,9 +193,19 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
     let stats = client.stats();
     say!();
     say!("write + read phase");
-    say!("  records        {written} written ({compact} compact, {} self-contained), {reads} read back and verified", written - compact);
-    say!("  bytes          {:.1} MB of plaintext written", bytes as f64 / 1e6);
-    say!("  throughput     {:.0} operations/s, {:.0} MB/s of plaintext written, in {secs:.2} s", (written + reads) as f64 / secs, bytes as f64 / 1e6 / secs);
+    say!(
+        "  records        {written} written ({compact} compact, {} self-contained), {reads} read back and verified",
+        written - compact
+    );
+    say!(
+        "  bytes          {:.1} MB of plaintext written",
+        bytes as f64 / 1e6
+    );
+    say!(
+        "  throughput     {:.0} operations/s, {:.0} MB/s of plaintext written, in {secs:.2} s",
+        (written + reads) as f64 / secs,
+        bytes as f64 / 1e6 / secs
+    );
     report_kms(&stats, written + reads);
 
     // Phase 2: a restart. A new client with a cold cache reads back what the tasks kept.
@@ -164,27 +214,54 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
     let mut opened = Vec::new();
     for (task, w) in &kept {
         let aad = format!("{task}/{}", w.index);
-        restarted.decrypt_into(&compartments[w.compartment], &w.envelope, aad.as_bytes(), &mut opened).await?;
+        restarted
+            .decrypt_into(
+                &compartments[w.compartment],
+                &w.envelope,
+                aad.as_bytes(),
+                &mut opened,
+            )
+            .await?;
     }
     let cold = restarted.stats();
     say!();
-    say!("restart: a new client (cold cache) reads back {} records in {:.2} s", kept.len(), started.elapsed().as_secs_f64());
-    say!("  KMS calls      {} unwraps for {} distinct DEKs: one per DEK, then cache hits (hit ratio {:.2}%)",
-        cold.kms_unwrap_calls, cold.decrypt_misses, cold.hit_ratio() * 100.0);
+    say!(
+        "restart: a new client (cold cache) reads back {} records in {:.2} s",
+        kept.len(),
+        started.elapsed().as_secs_f64()
+    );
+    say!(
+        "  KMS calls      {} unwraps for {} distinct DEKs: one per DEK, then cache hits (hit ratio {:.2}%)",
+        cold.kms_unwrap_calls,
+        cold.decrypt_misses,
+        cold.hit_ratio() * 100.0
+    );
 
     // Phase 3: rotation of the local key. New DEKs go under the new version; old data still opens.
     let version = kms.rotate()?;
     for c in compartments.iter() {
         restarted.purge(c);
     }
-    let fresh = restarted.encrypt(&compartments[0], b"written after rotation", b"").await?;
+    let fresh = restarted
+        .encrypt(&compartments[0], b"written after rotation", b"")
+        .await?;
     let info = cmek::inspect(&fresh)?;
     let (task, w) = &kept[0];
     let aad = format!("{task}/{}", w.index);
-    restarted.decrypt_into(&compartments[w.compartment], &w.envelope, aad.as_bytes(), &mut opened).await?;
+    restarted
+        .decrypt_into(
+            &compartments[w.compartment],
+            &w.envelope,
+            aad.as_bytes(),
+            &mut opened,
+        )
+        .await?;
     say!();
     say!("rotation: local key rotated to version {version}");
-    say!("  new data       wrapped under key version {}", info.key_version.as_deref().unwrap_or("?"));
+    say!(
+        "  new data       wrapped under key version {}",
+        info.key_version.as_deref().unwrap_or("?")
+    );
     say!("  old data       still decrypts (written under version 1)");
     say!();
     say!("a self-contained envelope's header (what `cmek inspect` prints):");

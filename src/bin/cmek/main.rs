@@ -1,5 +1,6 @@
 //! `cmek`: envelope encryption from the command line, over the local key-file backend.
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
 mod demo;
@@ -16,7 +17,10 @@ use cli::{Cli, Command, CryptArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -56,7 +60,9 @@ async fn run(cli: Cli) -> cmek::Result<()> {
             let plaintext = read_input(args.input.as_deref())?;
             let aad = args.aad.as_deref().unwrap_or_default().as_bytes();
             let envelope = if args.compact {
-                client.encrypt_compact(&compartment, &plaintext, aad).await?
+                client
+                    .encrypt_compact(&compartment, &plaintext, aad)
+                    .await?
             } else {
                 client.encrypt(&compartment, &plaintext, aad).await?
             };
