@@ -1,8 +1,9 @@
 //! The cache's slow paths and concurrency.
 //!
 //! * `cold/…`: one encryption on a compartment with no cached DEK (DEK generation, wrap, key
-//!   derivation, header encoding, cache insert), with the local backend directly and with 5 ms
-//!   of simulated KMS latency (`FaultyKms`); and one decryption whose DEK must be unwrapped.
+//!   derivation, header encoding, DEK record store, cache inserts), with the local backend
+//!   directly and with 5 ms of simulated KMS latency (`FaultyKms`); and one decryption whose DEK
+//!   must be unwrapped (after a `purge`). Each runs through `Runtime::block_on`.
 //! * `tasks/<n>`: 1 KiB encryptions by n concurrent tokio tasks over 64 compartments on a
 //!   2-worker runtime; throughput in bytes.
 //!
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use cmek::testkit::FaultyKms;
 use cmek::{Client, CompartmentId, KeyConfigId, LocalKms, MemoryDekStore};
-use common::{block, runtime};
+use common::runtime;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn client_over(kms: Arc<dyn cmek::KmsBackend>) -> Client {
@@ -35,9 +36,13 @@ fn cold(cr: &mut Criterion) {
     let fresh =
         || CompartmentId::new(format!("cold-{}", counter.fetch_add(1, Ordering::Relaxed))).unwrap();
 
-    let local = client_over(Arc::new(LocalKms::generate("local:bench").unwrap()));
+    let local_kms: Arc<dyn cmek::KmsBackend> = Arc::new(LocalKms::generate("local:bench").unwrap());
+    let local = client_over(local_kms.clone());
     g.bench_function("encrypt-miss/local", |b| {
-        b.iter(|| block(&rt, local.encrypt(&fresh(), b"first record", b"")).unwrap())
+        b.iter(|| {
+            rt.block_on(local.encrypt(&fresh(), b"first record", b""))
+                .unwrap()
+        })
     });
 
     let slow_kms = Arc::new(FaultyKms::in_memory().unwrap());
@@ -45,16 +50,21 @@ fn cold(cr: &mut Criterion) {
     let slow = client_over(slow_kms);
     g.sample_size(20);
     g.bench_function("encrypt-miss/5ms-kms", |b| {
-        b.iter(|| block(&rt, slow.encrypt(&fresh(), b"first record", b"")).unwrap())
+        b.iter(|| {
+            rt.block_on(slow.encrypt(&fresh(), b"first record", b""))
+                .unwrap()
+        })
     });
 
+    // A reader with a small cache, so that `purge` (which scans the decryption cache) stays cheap.
     let c = fresh();
-    let env = block(&rt, local.encrypt(&c, b"record", b"")).unwrap();
+    let env = rt.block_on(local.encrypt(&c, b"record", b"")).unwrap();
+    let reader = client_over(local_kms);
     g.sample_size(100);
     g.bench_function("decrypt-miss/local", |b| {
         b.iter(|| {
-            local.purge(&c);
-            block(&rt, local.decrypt(&c, &env, b"")).unwrap()
+            reader.purge(&c);
+            rt.block_on(reader.decrypt(&c, &env, b"")).unwrap()
         })
     });
     g.finish();

@@ -271,6 +271,74 @@ impl Client {
         }
     }
 
+    /// Encrypts `buf` in place into a self-contained envelope whose parts are returned apart, for
+    /// vectored writes with no copy of the data: the envelope is `header || buf || tag`, where
+    /// `header` (header and nonce) replaces the contents of `header_out` and the tag is returned.
+    ///
+    /// # Errors
+    /// As for [`Client::encrypt`].
+    pub async fn encrypt_in_place_detached(
+        &self,
+        compartment: &CompartmentId,
+        buf: &mut [u8],
+        aad: &[u8],
+        header_out: &mut Vec<u8>,
+    ) -> Result<[u8; TAG_LEN]> {
+        self.seal_in_place_as(Form::SelfContained, compartment, buf, aad, header_out)
+            .await
+    }
+
+    /// Like [`Client::encrypt_in_place_detached`] for a compact envelope (`header_out` gets the
+    /// 32 bytes of preamble, DEK id and nonce).
+    ///
+    /// # Errors
+    /// As for [`Client::encrypt_compact`].
+    pub async fn encrypt_compact_in_place_detached(
+        &self,
+        compartment: &CompartmentId,
+        buf: &mut [u8],
+        aad: &[u8],
+        header_out: &mut Vec<u8>,
+    ) -> Result<[u8; TAG_LEN]> {
+        if self.inner.store.is_none() {
+            return Err(Error::configuration(
+                "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",
+            ));
+        }
+        self.seal_in_place_as(Form::Compact, compartment, buf, aad, header_out)
+            .await
+    }
+
+    async fn seal_in_place_as(
+        &self,
+        form: Form,
+        compartment: &CompartmentId,
+        buf: &mut [u8],
+        aad: &[u8],
+        header_out: &mut Vec<u8>,
+    ) -> Result<[u8; TAG_LEN]> {
+        let len = buf.len() as u64;
+        if len > MAX_PLAINTEXT_LEN {
+            return Err(Error::invalid_input("plaintext longer than 64 GiB"));
+        }
+        let cached = self
+            .inner
+            .with_cached_encryption_dek(compartment, len, |dek| {
+                seal_detached(dek, form, buf, aad, header_out)
+            });
+        match cached {
+            Ok(sealed) => sealed,
+            Err(stale) => {
+                let active = self
+                    .inner
+                    .encryption_dek_slow(compartment, len, stale)
+                    .boxed()
+                    .await?;
+                seal_detached(&active.dek, form, buf, aad, header_out)
+            }
+        }
+    }
+
     /// The hot path: seals with the cached DEK in place (no await, no allocation, no reference
     /// counting). `Err` carries the id of an exhausted DEK (or `None`) for the slow path.
     #[inline]
@@ -537,6 +605,26 @@ fn seal_envelope(
         out.clear();
     }
     sealed
+}
+
+/// Seals `buf` in place; `header_out` gets the header and nonce.
+#[inline]
+fn seal_detached(
+    dek: &LoadedDek,
+    form: Form,
+    buf: &mut [u8],
+    aad: &[u8],
+    header_out: &mut Vec<u8>,
+) -> Result<[u8; TAG_LEN]> {
+    let (header, digest) = dek.header_for(form);
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    header_out.clear();
+    header_out.extend_from_slice(header);
+    header_out.extend_from_slice(&nonce);
+    with_aad(digest, aad, |aad| {
+        dek.material.cipher.seal_in_place(&nonce, aad, buf)
+    })
 }
 
 /// Decrypts the body of `envelope` into `out`.

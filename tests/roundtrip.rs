@@ -174,3 +174,36 @@ async fn inspect_reads_headers_without_a_key() {
     let json = serde_json::to_value(&info).unwrap();
     assert_eq!(json["form"], "compact");
 }
+
+#[tokio::test]
+async fn detached_in_place_encryption_assembles_to_a_normal_envelope() {
+    let (client, _) = faulty_client(CacheConfig::default());
+    let c = compartment("tenant-d");
+    let pt = vec![0x33u8; 5000];
+    let mut header = Vec::new();
+    for compact in [false, true] {
+        let mut buf = pt.clone();
+        let tag = if compact {
+            client
+                .encrypt_compact_in_place_detached(&c, &mut buf, b"obj", &mut header)
+                .await
+                .unwrap()
+        } else {
+            client
+                .encrypt_in_place_detached(&c, &mut buf, b"obj", &mut header)
+                .await
+                .unwrap()
+        };
+        assert_ne!(buf, pt, "encrypted in place");
+        let envelope = [&header[..], &buf[..], &tag[..]].concat();
+        assert_eq!(client.decrypt(&c, &envelope, b"obj").await.unwrap(), pt);
+        assert_eq!(
+            header.len(),
+            if compact {
+                32
+            } else {
+                envelope.len() - pt.len() - 16
+            }
+        );
+    }
+}
