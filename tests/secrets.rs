@@ -161,3 +161,65 @@ fn wrapped_keys_and_records_do_not_dump_bytes() {
     assert!(text.contains("ciphertext_len: 40"), "{text}");
     assert!(!text.contains("171"), "{text}");
 }
+
+/// Collects everything the library logs, at every level.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_never_contain_key_material() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let kek = LocalKms::generate("local:logs").unwrap();
+    let spy = Arc::new(Spy {
+        inner: kek,
+        seen: Mutex::new(Vec::new()),
+    });
+    let client = Client::builder()
+        .key(key_config(), spy.clone())
+        .retry(fast_retry())
+        .build()
+        .unwrap();
+    let c = compartment("tenant-logs");
+    let env = client.encrypt(&c, b"payload", b"").await.unwrap();
+    client.purge(&c);
+    client.decrypt(&c, &env, b"").await.unwrap();
+    client.revoke(&key_config(), cmek::RevokeMode::Immediately);
+    let _ = client.encrypt(&c, b"x", b"").await;
+
+    let (faulty, kms) = faulty_client(CacheConfig::default());
+    kms.fail_next(2, cmek::ErrorKind::Transient);
+    faulty.encrypt(&c, b"x", b"").await.unwrap();
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("KMS call"),
+        "the test saw no KMS log lines: {text}"
+    );
+    assert!(text.contains("retrying KMS call"), "{text}");
+    let secrets: Vec<Vec<u8>> = spy
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|k| k.to_vec())
+        .collect();
+    assert!(!secrets.is_empty());
+    assert_clean("logs", &text, &secrets);
+}
