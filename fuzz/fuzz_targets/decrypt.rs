@@ -21,9 +21,15 @@ const PLAINTEXT: &[u8] = b"the fuzzer must never see this plaintext altered";
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let client = Client::builder()
-            .key(KeyConfigId::new("local").unwrap(), Arc::new(LocalKms::generate("local:fuzz").unwrap()))
+            .key(
+                KeyConfigId::new("local").unwrap(),
+                Arc::new(LocalKms::generate("local:fuzz").unwrap()),
+            )
             .dek_store(Arc::new(MemoryDekStore::new()))
             .build()
             .unwrap();
@@ -31,10 +37,18 @@ fn fixture() -> &'static Fixture {
         let envelopes = runtime.block_on(async {
             vec![
                 client.encrypt(&compartment, PLAINTEXT, AAD).await.unwrap(),
-                client.encrypt_compact(&compartment, PLAINTEXT, AAD).await.unwrap(),
+                client
+                    .encrypt_compact(&compartment, PLAINTEXT, AAD)
+                    .await
+                    .unwrap(),
             ]
         });
-        Fixture { runtime, client, compartment, envelopes }
+        Fixture {
+            runtime,
+            client,
+            compartment,
+            envelopes,
+        }
     })
 }
 
