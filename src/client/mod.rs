@@ -1,0 +1,473 @@
+//! The [`Client`]: envelope encryption for many compartments over one data-key cache.
+//!
+//! `mod.rs` holds the public API, `builder.rs` its construction, `inner.rs` the shared state and
+//! the slow paths (KMS calls, DEK creation and loading, refresh, revocation), and `seal.rs` the
+//! per-message byte work of the hot path.
+
+mod builder;
+mod inner;
+mod seal;
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+
+pub use builder::ClientBuilder;
+use inner::Inner;
+use seal::{
+    header_fits, open_in_place, open_into, peek_envelope, seal_detached, seal_envelope, with_aad,
+};
+
+use crate::cache::{CacheConfig, Stats};
+use crate::cipher::{CipherProvider, MAX_PLAINTEXT_LEN, TAG_LEN};
+use crate::error::{Error, Result};
+use crate::format::{Form, split_body};
+use crate::ids::{CompartmentId, DekId, KeyConfigId};
+
+/// Encrypts and decrypts data of many compartments under their customers' keys.
+///
+/// Cheap to clone (an `Arc` inside) and safe to share across tasks. Per compartment it keeps one
+/// active data key (DEK), wrapped once by the compartment's KMS key and reused until a
+/// [`CacheConfig`] limit; decryption keeps unwrapped DEKs by id. So the hot path is an in-process
+/// AES-256-GCM call, and the KMS sees about one call per compartment per `encrypt_max_age`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> cmek::Result<()> {
+/// use std::sync::Arc;
+/// use cmek::{Client, CompartmentId, KeyConfigId, LocalKms};
+///
+/// let kms = LocalKms::generate("local:example")?;
+/// let client = Client::builder()
+///     .key(KeyConfigId::new("local")?, Arc::new(kms))
+///     .build()?;
+/// let tenant = CompartmentId::new("f8a7b6c5-4d3e-4f1a-8b9c-0d1e2f3a4b5c")?;
+///
+/// let envelope = client.encrypt(&tenant, b"hello", b"object/42").await?;
+/// assert_eq!(client.decrypt(&tenant, &envelope, b"object/42").await?, b"hello");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// How a revoked key configuration treats DEKs that are already unwrapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RevokeMode {
+    /// Drop cached DEKs at once: data under the key is unreadable from now on.
+    Immediately,
+    /// Stop new encryptions at once; cached DEKs keep decrypting until they expire
+    /// ([`CacheConfig::decrypt_max_age`]) and are not refreshed.
+    WhenCachedKeysExpire,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("resolver", &self.inner.resolver)
+            .field("store", &self.inner.store)
+            .field("cache", &self.inner.config)
+            .field("cipher", &self.inner.cipher)
+            .field("stats", &self.inner.counters)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts building a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// Encrypts `plaintext` of `compartment` into a self-contained envelope, binding `aad`
+    /// (which must be passed again to decrypt, and is not stored).
+    ///
+    /// # Errors
+    /// KMS errors when a new DEK is needed ([`ErrorKind::KeyRevoked`], permission, throttled,
+    /// transient after retries), [`ErrorKind::InvalidInput`] for a plaintext over 64 GiB.
+    pub async fn encrypt(
+        &self,
+        compartment: &CompartmentId,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.encrypt_into(compartment, plaintext, aad, &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// Like [`Client::encrypt`], but writes the envelope into `out`, replacing its contents and
+    /// reusing its allocation: the hot-path variant.
+    ///
+    /// # Errors
+    /// As for [`Client::encrypt`].
+    pub async fn encrypt_into(
+        &self,
+        compartment: &CompartmentId,
+        plaintext: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        match self.try_encrypt_cached(Form::SelfContained, compartment, plaintext, aad, out) {
+            Ok(sealed) => sealed,
+            Err(stale) => {
+                self.encrypt_slow(Form::SelfContained, compartment, plaintext, aad, out, stale)
+                    .await
+            }
+        }
+    }
+
+    /// Encrypts into a compact envelope (48 bytes of overhead): only the DEK id travels; the
+    /// wrapped DEK is in the [`DekStore`], written before the first envelope under it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Configuration`] when no DEK store is set; otherwise as for [`Client::encrypt`].
+    pub async fn encrypt_compact(
+        &self,
+        compartment: &CompartmentId,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.encrypt_compact_into(compartment, plaintext, aad, &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// Like [`Client::encrypt_compact`], writing into `out` and reusing its allocation.
+    ///
+    /// # Errors
+    /// As for [`Client::encrypt_compact`].
+    pub async fn encrypt_compact_into(
+        &self,
+        compartment: &CompartmentId,
+        plaintext: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        if self.inner.store.is_none() {
+            return Err(Error::configuration(
+                "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",
+            ));
+        }
+        match self.try_encrypt_cached(Form::Compact, compartment, plaintext, aad, out) {
+            Ok(sealed) => sealed,
+            Err(stale) => {
+                self.encrypt_slow(Form::Compact, compartment, plaintext, aad, out, stale)
+                    .await
+            }
+        }
+    }
+
+    /// Encrypts `buf` in place into a self-contained envelope whose parts are returned apart, for
+    /// vectored writes with no copy of the data: the envelope is `header || buf || tag`, where
+    /// `header` (header and nonce) replaces the contents of `header_out` and the tag is returned.
+    ///
+    /// # Errors
+    /// As for [`Client::encrypt`].
+    pub async fn encrypt_in_place_detached(
+        &self,
+        compartment: &CompartmentId,
+        buf: &mut [u8],
+        aad: &[u8],
+        header_out: &mut Vec<u8>,
+    ) -> Result<[u8; TAG_LEN]> {
+        self.seal_in_place_as(Form::SelfContained, compartment, buf, aad, header_out)
+            .await
+    }
+
+    /// Like [`Client::encrypt_in_place_detached`] for a compact envelope (`header_out` gets the
+    /// 32 bytes of preamble, DEK id and nonce).
+    ///
+    /// # Errors
+    /// As for [`Client::encrypt_compact`].
+    pub async fn encrypt_compact_in_place_detached(
+        &self,
+        compartment: &CompartmentId,
+        buf: &mut [u8],
+        aad: &[u8],
+        header_out: &mut Vec<u8>,
+    ) -> Result<[u8; TAG_LEN]> {
+        if self.inner.store.is_none() {
+            return Err(Error::configuration(
+                "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",
+            ));
+        }
+        self.seal_in_place_as(Form::Compact, compartment, buf, aad, header_out)
+            .await
+    }
+
+    async fn seal_in_place_as(
+        &self,
+        form: Form,
+        compartment: &CompartmentId,
+        buf: &mut [u8],
+        aad: &[u8],
+        header_out: &mut Vec<u8>,
+    ) -> Result<[u8; TAG_LEN]> {
+        let len = buf.len() as u64;
+        if len > MAX_PLAINTEXT_LEN {
+            return Err(Error::invalid_input("plaintext longer than 64 GiB"));
+        }
+        let cached = self
+            .inner
+            .with_cached_encryption_dek(compartment, len, |dek| {
+                seal_detached(dek, form, buf, aad, header_out)
+            });
+        match cached {
+            Ok(sealed) => sealed,
+            Err(stale) => {
+                let active = self
+                    .inner
+                    .encryption_dek_slow(compartment, len, stale)
+                    .boxed()
+                    .await?;
+                seal_detached(&active.dek, form, buf, aad, header_out)
+            }
+        }
+    }
+
+    /// The hot path: seals with the cached DEK in place (no await, no allocation, no reference
+    /// counting). `Err` carries the id of an exhausted DEK (or `None`) for the slow path.
+    #[inline]
+    fn try_encrypt_cached(
+        &self,
+        form: Form,
+        compartment: &CompartmentId,
+        plaintext: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<Result<()>, Option<DekId>> {
+        let len = plaintext.len() as u64;
+        if len > MAX_PLAINTEXT_LEN {
+            return Ok(Err(Error::invalid_input("plaintext longer than 64 GiB")));
+        }
+        self.inner
+            .with_cached_encryption_dek(compartment, len, |dek| {
+                seal_envelope(dek, form, plaintext, aad, out)
+            })
+    }
+
+    /// Makes a new DEK (one KMS call per compartment, shared by concurrent callers) and seals.
+    #[cold]
+    async fn encrypt_slow(
+        &self,
+        form: Form,
+        compartment: &CompartmentId,
+        plaintext: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+        stale: Option<DekId>,
+    ) -> Result<()> {
+        let active = self
+            .inner
+            .encryption_dek_slow(compartment, plaintext.len() as u64, stale)
+            .boxed()
+            .await?;
+        seal_envelope(&active.dek, form, plaintext, aad, out)
+    }
+
+    /// Decrypts an envelope (either form) of `compartment`, checking `aad`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Integrity`] if anything was altered or the AAD or compartment differ;
+    /// [`ErrorKind::InvalidInput`] for bytes that are not a v1 envelope; [`ErrorKind::NotFound`]
+    /// for a compact envelope whose DEK record is missing; KMS errors when the DEK must be
+    /// unwrapped ([`ErrorKind::KeyRevoked`] once the key is disabled).
+    pub async fn decrypt(
+        &self,
+        compartment: &CompartmentId,
+        envelope: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.decrypt_into(compartment, envelope, aad, &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// Like [`Client::decrypt`], writing the plaintext into `out` (replacing its contents, reusing
+    /// its allocation). On error `out` is empty: no partial plaintext is ever left behind.
+    ///
+    /// # Errors
+    /// As for [`Client::decrypt`].
+    pub async fn decrypt_into(
+        &self,
+        compartment: &CompartmentId,
+        envelope: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let result = match self.try_decrypt_cached(compartment, envelope, aad, out) {
+            Some(opened) => opened,
+            None => self.decrypt_slow(compartment, envelope, aad, out).await,
+        };
+        if result.is_err() {
+            out.clear();
+        }
+        result
+    }
+
+    /// The hot path: opens with the cached DEK in place; `None` on a cache miss.
+    #[inline]
+    fn try_decrypt_cached(
+        &self,
+        compartment: &CompartmentId,
+        envelope: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<Result<()>> {
+        let pre = match peek_envelope(envelope) {
+            Ok(pre) => pre,
+            Err(e) => return Some(Err(e)),
+        };
+        self.inner
+            .with_cached_decryption_dek(compartment, &pre, |dek| {
+                header_fits(dek, envelope, pre.form)
+                    .then(|| open_into(dek, pre.form, envelope, aad, out))
+            })
+    }
+
+    /// Loads (and unwraps) the DEK, then opens.
+    #[cold]
+    async fn decrypt_slow(
+        &self,
+        compartment: &CompartmentId,
+        envelope: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let pre = peek_envelope(envelope)?;
+        let open = self
+            .inner
+            .load_decryption_dek(compartment, envelope, pre)
+            .boxed()
+            .await?;
+        open_into(&open.dek, pre.form, envelope, aad, out)
+    }
+
+    /// Decrypts an envelope in place and returns the plaintext, a sub-slice of `envelope`.
+    /// On error the ciphertext part of `envelope` is wiped.
+    ///
+    /// # Errors
+    /// As for [`Client::decrypt`].
+    pub async fn decrypt_in_place<'a>(
+        &self,
+        compartment: &CompartmentId,
+        envelope: &'a mut [u8],
+        aad: &[u8],
+    ) -> Result<&'a mut [u8]> {
+        let pre = peek_envelope(envelope)?;
+        let hit = self
+            .inner
+            .with_cached_decryption_dek(compartment, &pre, |dek| {
+                header_fits(dek, envelope, pre.form)
+                    .then(|| open_in_place(dek, pre.form, envelope, aad))
+            });
+        let range = match hit {
+            Some(opened) => opened?,
+            None => {
+                let open = self
+                    .inner
+                    .load_decryption_dek(compartment, envelope, pre)
+                    .boxed()
+                    .await?;
+                open_in_place(&open.dek, pre.form, envelope, aad)?
+            }
+        };
+        Ok(&mut envelope[range])
+    }
+
+    /// See [`crate::internal::partner_tag`].
+    pub(crate) async fn partner_tag(
+        &self,
+        compartment: &CompartmentId,
+        envelope: &[u8],
+        aad: &[u8],
+    ) -> Result<[u8; TAG_LEN]> {
+        let pre = peek_envelope(envelope)?;
+        let open = self
+            .inner
+            .load_decryption_dek(compartment, envelope, pre)
+            .boxed()
+            .await?;
+        let dek = &open.dek;
+        let (header, digest) = dek.header_for(pre.form);
+        let body = split_body(&envelope[header.len()..])?;
+        let mut ciphertext = body.ciphertext.to_vec();
+        with_aad(digest, aad, |aad| {
+            dek.material
+                .cipher
+                .seal_in_place(body.nonce, aad, &mut ciphertext)
+        })
+    }
+
+    /// Drops every cached DEK of `compartment`; its next encryption makes a new DEK.
+    pub fn purge(&self, compartment: &CompartmentId) {
+        self.inner.enc.map.remove(compartment);
+        self.inner
+            .dec
+            .map
+            .retain(|_, open| open.dek.compartment != *compartment);
+    }
+
+    /// Treats `key_config` as revoked by this client: new encryptions under it fail at once with
+    /// [`ErrorKind::KeyRevoked`]; decryptions fail at once or once cached DEKs expire, per `mode`.
+    /// Lasts until [`Client::reinstate`].
+    pub fn revoke(&self, key_config: &KeyConfigId, mode: RevokeMode) {
+        if let Ok(mut revoked) = self.inner.revoked.write() {
+            revoked.insert(key_config.clone());
+        }
+        self.inner.drop_encryption_deks(key_config);
+        if mode == RevokeMode::Immediately {
+            self.inner
+                .dec
+                .map
+                .retain(|_, open| open.dek.key_config != *key_config);
+        }
+        tracing::info!(key_config = %key_config, ?mode, "key configuration revoked");
+    }
+
+    /// Lifts a [`Client::revoke`].
+    pub fn reinstate(&self, key_config: &KeyConfigId) {
+        if let Ok(mut revoked) = self.inner.revoked.write() {
+            revoked.remove(key_config);
+        }
+    }
+
+    /// The cache's counters.
+    ///
+    /// Encryption hits are derived from the per-DEK message counts the limits need anyway, so
+    /// the hot path does not pay for a second counter; they include messages under DEKs still
+    /// cached or already dropped.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.inner.counters.snapshot();
+        let mut encryptions = self
+            .inner
+            .counters
+            .retired_encryptions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .enc
+            .map
+            .for_each(|_, active| encryptions += active.messages());
+        s.encrypt_hits = encryptions.saturating_sub(s.encrypt_misses);
+        s.encrypt_entries = self.inner.enc.map.len() as u64;
+        s.decrypt_entries = self.inner.dec.map.len() as u64;
+        s
+    }
+
+    /// The cache limits in force.
+    pub fn cache_config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// The AES-256-GCM implementation in use.
+    pub fn cipher_provider(&self) -> CipherProvider {
+        self.inner.cipher
+    }
+}
