@@ -25,19 +25,17 @@ pub(crate) struct OpenDek {
     expires_at: Instant,
     refresh_at: Instant,
     refresh_started: AtomicBool,
-    touched: AtomicBool,
+    touched: super::TouchBit,
 }
 
 impl super::Touch for Arc<OpenDek> {
     #[inline]
     fn touch(&self) {
-        if !self.touched.load(Relaxed) {
-            self.touched.store(true, Relaxed);
-        }
+        self.touched.touch();
     }
 
     fn untouch(&self) -> bool {
-        self.touched.swap(false, Relaxed)
+        self.touched.untouch()
     }
 }
 
@@ -48,7 +46,7 @@ impl OpenDek {
             expires_at: now + limits.max_age.into(),
             refresh_at: now + limits.refresh_age.into(),
             refresh_started: AtomicBool::new(false),
-            touched: AtomicBool::new(false),
+            touched: super::TouchBit::default(),
         }
     }
 

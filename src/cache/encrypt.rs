@@ -56,19 +56,17 @@ pub(crate) struct ActiveDek {
     messages: AtomicU64,
     bytes: AtomicU64,
     refresh_started: AtomicBool,
-    touched: AtomicBool,
+    touched: super::TouchBit,
 }
 
 impl super::Touch for Arc<ActiveDek> {
     #[inline]
     fn touch(&self) {
-        if !self.touched.load(Relaxed) {
-            self.touched.store(true, Relaxed);
-        }
+        self.touched.touch();
     }
 
     fn untouch(&self) -> bool {
-        self.touched.swap(false, Relaxed)
+        self.touched.untouch()
     }
 }
 
@@ -87,7 +85,7 @@ impl ActiveDek {
             messages: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             refresh_started: AtomicBool::new(false),
-            touched: AtomicBool::new(false),
+            touched: super::TouchBit::default(),
         }
     }
 

@@ -26,7 +26,7 @@ pub(crate) use decrypt::{DecryptCache, DekSource, OpenDek};
 pub(crate) use encrypt::{ActiveDek, EncryptCache, Reservation};
 pub(crate) use loaded::LoadedDek;
 pub(crate) use single_flight::SingleFlight;
-pub(crate) use snapshot_map::{SnapshotMap, Touch};
+pub(crate) use snapshot_map::{SnapshotMap, Touch, TouchBit};
 
 use crate::error::{Error, Result};
 

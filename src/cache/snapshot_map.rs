@@ -20,6 +20,25 @@ use foldhash::fast::RandomState;
 /// At most this many shards, and at least 32 entries per shard.
 const MAX_SHARDS: usize = 64;
 
+/// The "recently read" bit a cached value carries for the eviction scan.
+#[derive(Debug, Default)]
+pub(crate) struct TouchBit(std::sync::atomic::AtomicBool);
+
+impl TouchBit {
+    /// Sets the bit; reads it first so hot entries do not write their cache line every time.
+    #[inline]
+    pub(crate) fn touch(&self) {
+        if !self.0.load(Relaxed) {
+            self.0.store(true, Relaxed);
+        }
+    }
+
+    /// Clears the bit, returning whether it was set.
+    pub(crate) fn untouch(&self) -> bool {
+        self.0.swap(false, Relaxed)
+    }
+}
+
 /// A value that records whether it was read since the last eviction scan.
 pub(crate) trait Touch {
     /// Marks it read.
@@ -158,18 +177,15 @@ impl<K: Hash + Eq + Clone, V: Clone + Touch> SnapshotMap<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
 
     #[derive(Clone, Default)]
-    struct V(Arc<AtomicBool>);
+    struct V(Arc<TouchBit>);
     impl Touch for V {
         fn touch(&self) {
-            if !self.0.load(Relaxed) {
-                self.0.store(true, Relaxed);
-            }
+            self.0.touch();
         }
         fn untouch(&self) -> bool {
-            self.0.swap(false, Relaxed)
+            self.0.untouch()
         }
     }
 

@@ -79,7 +79,7 @@ impl ClientBuilder {
     /// Builds the client.
     ///
     /// # Errors
-    /// [`ErrorKind::Configuration`] without a key or resolver, or with invalid cache limits.
+    /// [`Configuration`](crate::ErrorKind::Configuration) without a key or resolver, or with invalid cache limits.
     pub fn build(self) -> Result<Client> {
         let resolver = self.resolver.ok_or_else(|| {
             Error::configuration("no key: call ClientBuilder::key or ClientBuilder::key_resolver")

@@ -286,11 +286,7 @@ impl Inner {
         compartment: &CompartmentId,
         dek_id: &DekId,
     ) -> Result<DekRecord> {
-        let store = self.store.as_ref().ok_or_else(|| {
-            Error::configuration(
-                "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",
-            )
-        })?;
+        let store = self.require_store()?;
         let record = store.get(compartment, dek_id).await?.ok_or_else(|| {
             Error::not_found(format!(
                 "no DEK record {dek_id} for compartment {compartment}"
@@ -416,6 +412,15 @@ impl Inner {
             }
         }
         outcome
+    }
+
+    /// The DEK store compact envelopes need.
+    pub(super) fn require_store(&self) -> Result<&Arc<dyn DekStore>> {
+        self.store.as_ref().ok_or_else(|| {
+            Error::configuration(
+                "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",
+            )
+        })
     }
 
     /// Stops new encryptions under `key_config` at once.

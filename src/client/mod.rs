@@ -32,6 +32,14 @@ use crate::ids::{CompartmentId, DekId, KeyConfigId};
 /// [`CacheConfig`] limit; decryption keeps unwrapped DEKs by id. So the hot path is an in-process
 /// AES-256-GCM call, and the KMS sees about one call per compartment per `encrypt_max_age`.
 ///
+/// <div class="warning">
+///
+/// Nonces are drawn from the thread-local CSPRNG (`rand::ThreadRng`, ChaCha12 seeded from the
+/// OS). Do not `fork` a process that has used a `Client` and go on encrypting in parent and child:
+/// both would hold the same cached DEKs and the same generator state. Build clients after forking.
+///
+/// </div>
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> cmek::Result<()> {
@@ -86,8 +94,9 @@ impl Client {
     /// (which must be passed again to decrypt, and is not stored).
     ///
     /// # Errors
-    /// KMS errors when a new DEK is needed ([`ErrorKind::KeyRevoked`], permission, throttled,
-    /// transient after retries), [`ErrorKind::InvalidInput`] for a plaintext over 64 GiB.
+    /// KMS errors when a new DEK is needed ([`KeyRevoked`](crate::ErrorKind::KeyRevoked),
+    /// permission, throttled, transient after retries);
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a plaintext over 64 GiB.
     pub async fn encrypt(
         &self,
         compartment: &CompartmentId,
@@ -112,20 +121,16 @@ impl Client {
         aad: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        match self.try_encrypt_cached(Form::SelfContained, compartment, plaintext, aad, out) {
-            Ok(sealed) => sealed,
-            Err(stale) => {
-                self.encrypt_slow(Form::SelfContained, compartment, plaintext, aad, out, stale)
-                    .await
-            }
-        }
+        self.encrypt_as(Form::SelfContained, compartment, plaintext, aad, out)
+            .await
     }
 
     /// Encrypts into a compact envelope (48 bytes of overhead): only the DEK id travels; the
-    /// wrapped DEK is in the [`DekStore`], written before the first envelope under it.
+    /// wrapped DEK is in the [`DekStore`](crate::DekStore), written before the first envelope under it.
     ///
     /// # Errors
-    /// [`ErrorKind::Configuration`] when no DEK store is set; otherwise as for [`Client::encrypt`].
+    /// [`Configuration`](crate::ErrorKind::Configuration) when no DEK store is set; otherwise as
+    /// for [`Client::encrypt`].
     pub async fn encrypt_compact(
         &self,
         compartment: &CompartmentId,
@@ -149,18 +154,9 @@ impl Client {
         aad: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        if self.inner.store.is_none() {
-            return Err(Error::configuration(
-                "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",
-            ));
-        }
-        match self.try_encrypt_cached(Form::Compact, compartment, plaintext, aad, out) {
-            Ok(sealed) => sealed,
-            Err(stale) => {
-                self.encrypt_slow(Form::Compact, compartment, plaintext, aad, out, stale)
-                    .await
-            }
-        }
+        self.inner.require_store()?;
+        self.encrypt_as(Form::Compact, compartment, plaintext, aad, out)
+            .await
     }
 
     /// Encrypts `buf` in place into a self-contained envelope whose parts are returned apart, for
@@ -192,11 +188,7 @@ impl Client {
         aad: &[u8],
         header_out: &mut Vec<u8>,
     ) -> Result<[u8; TAG_LEN]> {
-        if self.inner.store.is_none() {
-            return Err(Error::configuration(
-                "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",
-            ));
-        }
+        self.inner.require_store()?;
         self.seal_in_place_as(Form::Compact, compartment, buf, aad, header_out)
             .await
     }
@@ -227,6 +219,25 @@ impl Client {
                     .boxed()
                     .await?;
                 seal_detached(&active.dek, form, buf, aad, header_out)
+            }
+        }
+    }
+
+    /// Seals with the cached DEK, or with a new one from the slow path.
+    #[inline]
+    async fn encrypt_as(
+        &self,
+        form: Form,
+        compartment: &CompartmentId,
+        plaintext: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        match self.try_encrypt_cached(form, compartment, plaintext, aad, out) {
+            Ok(sealed) => sealed,
+            Err(stale) => {
+                self.encrypt_slow(form, compartment, plaintext, aad, out, stale)
+                    .await
             }
         }
     }
@@ -274,10 +285,11 @@ impl Client {
     /// Decrypts an envelope (either form) of `compartment`, checking `aad`.
     ///
     /// # Errors
-    /// [`ErrorKind::Integrity`] if anything was altered or the AAD or compartment differ;
-    /// [`ErrorKind::InvalidInput`] for bytes that are not a v1 envelope; [`ErrorKind::NotFound`]
+    /// [`Integrity`](crate::ErrorKind::Integrity) if anything was altered or the AAD or
+    /// compartment differ; [`InvalidInput`](crate::ErrorKind::InvalidInput) for bytes that are
+    /// not a v1 envelope; [`NotFound`](crate::ErrorKind::NotFound)
     /// for a compact envelope whose DEK record is missing; KMS errors when the DEK must be
-    /// unwrapped ([`ErrorKind::KeyRevoked`] once the key is disabled).
+    /// unwrapped ([`KeyRevoked`](crate::ErrorKind::KeyRevoked) once the key is disabled).
     pub async fn decrypt(
         &self,
         compartment: &CompartmentId,
@@ -416,7 +428,8 @@ impl Client {
     }
 
     /// Treats `key_config` as revoked by this client: new encryptions under it fail at once with
-    /// [`ErrorKind::KeyRevoked`]; decryptions fail at once or once cached DEKs expire, per `mode`.
+    /// [`KeyRevoked`](crate::ErrorKind::KeyRevoked); decryptions fail at once or once cached
+    /// DEKs expire, per `mode`.
     /// Lasts until [`Client::reinstate`].
     pub fn revoke(&self, key_config: &KeyConfigId, mode: RevokeMode) {
         if let Ok(mut revoked) = self.inner.revoked.write() {

@@ -36,6 +36,32 @@ fn record(task: usize, index: u64, len: usize) -> Vec<u8> {
     pt
 }
 
+/// Decrypts a record a task wrote and checks its contents.
+async fn read_back(
+    client: &Client,
+    compartments: &[CompartmentId],
+    task: usize,
+    w: &Written,
+    opened: &mut Vec<u8>,
+) -> cmek::Result<()> {
+    let aad = format!("{task}/{}", w.index);
+    client
+        .decrypt_into(
+            &compartments[w.compartment],
+            &w.envelope,
+            aad.as_bytes(),
+            opened,
+        )
+        .await?;
+    if opened[..] != record(task, w.index, opened.len())[..] {
+        return Err(cmek::Error::new(
+            cmek::ErrorKind::Integrity,
+            "demo read back wrong data",
+        ));
+    }
+    Ok(())
+}
+
 /// Sizes of a typical mix: mostly small rows, some documents, a few blobs.
 fn record_len(rng: &mut impl rand::Rng) -> usize {
     match rng.random_range(0..100) {
@@ -157,21 +183,7 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
                     envelope: envelope.clone(),
                 });
                 let back = &ring[rng.random_range(0..ring.len())];
-                let aad = format!("{task}/{}", back.index);
-                client
-                    .decrypt_into(
-                        &compartments[back.compartment],
-                        &back.envelope,
-                        aad.as_bytes(),
-                        &mut opened,
-                    )
-                    .await?;
-                if opened[..] != record(task, back.index, opened.len())[..] {
-                    return Err(cmek::Error::new(
-                        cmek::ErrorKind::Integrity,
-                        "demo read back wrong data",
-                    ));
-                }
+                read_back(&client, &compartments, task, back, &mut opened).await?;
                 reads += 1;
             }
             Ok::<_, cmek::Error>((bytes, reads, compact, ring))
@@ -213,15 +225,7 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
     let started = Instant::now();
     let mut opened = Vec::new();
     for (task, w) in &kept {
-        let aad = format!("{task}/{}", w.index);
-        restarted
-            .decrypt_into(
-                &compartments[w.compartment],
-                &w.envelope,
-                aad.as_bytes(),
-                &mut opened,
-            )
-            .await?;
+        read_back(&restarted, &compartments, *task, w, &mut opened).await?;
     }
     let cold = restarted.stats();
     say!();
@@ -247,15 +251,7 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
         .await?;
     let info = cmek::inspect(&fresh)?;
     let (task, w) = &kept[0];
-    let aad = format!("{task}/{}", w.index);
-    restarted
-        .decrypt_into(
-            &compartments[w.compartment],
-            &w.envelope,
-            aad.as_bytes(),
-            &mut opened,
-        )
-        .await?;
+    read_back(&restarted, &compartments, *task, w, &mut opened).await?;
     say!();
     say!("rotation: local key rotated to version {version}");
     say!(
