@@ -126,7 +126,8 @@ impl Client {
     }
 
     /// Encrypts into a compact envelope (48 bytes of overhead): only the DEK id travels; the
-    /// wrapped DEK is in the [`DekStore`](crate::DekStore), written before the first envelope under it.
+    /// wrapped DEK is in the [`DekStore`](crate::DekStore), written before the first envelope
+    /// under it.
     ///
     /// # Errors
     /// [`Configuration`](crate::ErrorKind::Configuration) when no DEK store is set; otherwise as
