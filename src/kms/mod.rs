@@ -1,5 +1,9 @@
 //! The seam to key management services: the [`KmsBackend`] trait and the types it speaks.
 
+#[cfg(feature = "aws")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
+pub mod aws;
+pub mod aws_arn;
 #[cfg(feature = "local")]
 pub mod local;
 mod resolver;

@@ -3,8 +3,11 @@
 //! * [`FaultyKms`]: wraps any backend (by default an in-memory [`LocalKms`](crate::LocalKms))
 //!   and injects latency, scripted errors and key disablement, counting every call.
 //! * [`conformance`]: the suite every [`KmsBackend`](crate::KmsBackend) must pass.
+//! * [`aws_fake`]: a wire-compatible AWS KMS (and STS AssumeRole) server with fault injection.
 
+pub mod aws_fake;
 pub mod conformance;
 mod faulty;
+mod http;
 
 pub use faulty::{Fault, FaultyKms};

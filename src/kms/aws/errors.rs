@@ -1,0 +1,131 @@
+//! AWS SDK errors mapped onto [`ErrorKind`]s.
+
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::operation::RequestId;
+
+use crate::error::{Error, ErrorKind};
+
+/// The kind of an AWS KMS error code (the JSON `__type`).
+pub(super) fn kind_of_code(code: &str) -> ErrorKind {
+    match code {
+        "AccessDeniedException" => ErrorKind::PermissionDenied,
+        "DisabledException" | "KMSInvalidStateException" | "KeyUnavailableException" => {
+            ErrorKind::KeyRevoked
+        }
+        "NotFoundException" => ErrorKind::NotFound,
+        "InvalidCiphertextException" | "IncorrectKeyException" => ErrorKind::Integrity,
+        "ThrottlingException" | "LimitExceededException" | "RequestLimitExceeded" => {
+            ErrorKind::Throttled
+        }
+        "KMSInternalException"
+        | "DependencyTimeoutException"
+        | "ServiceUnavailable"
+        | "InternalFailure" => ErrorKind::Transient,
+        "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "ExpiredTokenException"
+        | "InvalidClientTokenId"
+        | "IncompleteSignature" => ErrorKind::Unauthenticated,
+        "InvalidKeyUsageException" | "UnsupportedOperationException" => ErrorKind::Validation,
+        _ => ErrorKind::InvalidInput,
+    }
+}
+
+/// Maps an SDK error of operation `op` on `key` onto a crate error. The message carries the AWS
+/// error code, message and request id; never key material (the SDK's errors hold none).
+pub(super) fn map<E>(
+    op: &str,
+    key: &str,
+    err: &SdkError<E, aws_sdk_kms::config::http::HttpResponse>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let request_id = err.request_id().unwrap_or("-");
+    match err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("Unknown");
+            let status = service.raw().status().as_u16();
+            let kind = match kind_of_code(code) {
+                ErrorKind::InvalidInput if status >= 500 => ErrorKind::Transient,
+                kind => kind,
+            };
+            let mut message = format!(
+                "AWS KMS {op} on {key}: {code}: {} (HTTP {status}, request id {request_id})",
+                e.message().unwrap_or("no message")
+            );
+            if kind == ErrorKind::PermissionDenied {
+                message.push_str(
+                    "; check the key policy and the role's permissions (changes can take a few minutes to apply)",
+                );
+            }
+            Error::new(kind, message)
+        }
+        SdkError::TimeoutError(_) => Error::new(
+            ErrorKind::Transient,
+            format!("AWS KMS {op} on {key}: timed out"),
+        ),
+        SdkError::ResponseError(_) => Error::new(
+            ErrorKind::Transient,
+            format!(
+                "AWS KMS {op} on {key}: unreadable response: {}",
+                DisplayErrorContext(err)
+            ),
+        ),
+        SdkError::ConstructionFailure(_) => Error::new(
+            credential_kind(err).unwrap_or(ErrorKind::Configuration),
+            format!("AWS KMS {op} on {key}: {}", DisplayErrorContext(err)),
+        ),
+        _ => Error::new(
+            credential_kind(err).unwrap_or(ErrorKind::Transient),
+            format!(
+                "AWS KMS {op} on {key}: request failed: {}",
+                DisplayErrorContext(err)
+            ),
+        ),
+    }
+}
+
+/// Credential problems (AssumeRole refused, no credentials) surface as dispatch or construction
+/// failures whose only trace is the error chain's text.
+fn credential_kind<E: std::error::Error + 'static>(
+    err: &SdkError<E, aws_sdk_kms::config::http::HttpResponse>,
+) -> Option<ErrorKind> {
+    let text = DisplayErrorContext(err).to_string();
+    if text.contains("AccessDenied") {
+        Some(ErrorKind::PermissionDenied)
+    } else if text.contains("ExpiredToken")
+        || text.contains("InvalidClientTokenId")
+        || text.contains("credentials")
+    {
+        Some(ErrorKind::Unauthenticated)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_onto_kinds() {
+        for (code, kind) in [
+            ("AccessDeniedException", ErrorKind::PermissionDenied),
+            ("DisabledException", ErrorKind::KeyRevoked),
+            ("KMSInvalidStateException", ErrorKind::KeyRevoked),
+            ("NotFoundException", ErrorKind::NotFound),
+            ("InvalidCiphertextException", ErrorKind::Integrity),
+            ("IncorrectKeyException", ErrorKind::Integrity),
+            ("ThrottlingException", ErrorKind::Throttled),
+            ("LimitExceededException", ErrorKind::Throttled),
+            ("KMSInternalException", ErrorKind::Transient),
+            ("DependencyTimeoutException", ErrorKind::Transient),
+            ("UnrecognizedClientException", ErrorKind::Unauthenticated),
+            ("InvalidKeyUsageException", ErrorKind::Validation),
+        ] {
+            assert_eq!(kind_of_code(code), kind, "{code}");
+        }
+    }
+}
