@@ -17,6 +17,26 @@
 //!
 //! The SDK copies the plaintext DEK into its request and response buffers, which it does not
 //! zeroize; cmek zeroizes its own copies.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> cmek::Result<()> {
+//! use std::sync::Arc;
+//! use cmek::kms::aws::AwsKms;
+//! use cmek::{Client, KeyConfigId};
+//!
+//! // The seed's provider config: {kms_arn, role_arn, region?}.
+//! let kms = AwsKms::builder("arn:aws:kms:us-east-2:111122223333:key/abcd1234-5678-90ab-cdef-000011112222")
+//!     .role_arn("arn:aws:iam::111122223333:role/storage-cmek")
+//!     .external_id("tenant-7f3a")
+//!     .build()
+//!     .await?;
+//! kms.check_key().await?; // enabled, ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT, US, single-region
+//! let client = Client::builder()
+//!     .key(KeyConfigId::new("ekey_01SDCCSbTxrXDpWc1phhtcfK")?, Arc::new(kms))
+//!     .build()?;
+//! # let _ = client; Ok(()) }
+//! ```
 
 mod errors;
 
