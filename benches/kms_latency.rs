@@ -44,14 +44,21 @@ async fn moto_key(url: &str) -> String {
 }
 
 fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, kms: &AwsKms) {
-    let (compartment, key_config) = (CompartmentId::new("bench").unwrap(), KeyConfigId::new("local").unwrap());
+    let (compartment, key_config) = (
+        CompartmentId::new("bench").unwrap(),
+        KeyConfigId::new("local").unwrap(),
+    );
     let ctx = WrapContext::new(&compartment, &key_config);
     let dek = DataKey::generate().unwrap();
     let wrapped = rt.block_on(kms.wrap(&dek, &ctx)).unwrap();
     let mut g = c.benchmark_group(format!("aws-kms/{name}"));
     g.sample_size(50).measurement_time(Duration::from_secs(5));
-    g.bench_function("wrap", |b| b.iter(|| rt.block_on(kms.wrap(&dek, &ctx)).unwrap()));
-    g.bench_function("unwrap", |b| b.iter(|| rt.block_on(kms.unwrap(&wrapped, &ctx)).unwrap()));
+    g.bench_function("wrap", |b| {
+        b.iter(|| rt.block_on(kms.wrap(&dek, &ctx)).unwrap())
+    });
+    g.bench_function("unwrap", |b| {
+        b.iter(|| rt.block_on(kms.unwrap(&wrapped, &ctx)).unwrap())
+    });
     g.finish();
 }
 
@@ -62,7 +69,9 @@ fn calls_per_million(rt: &tokio::runtime::Runtime, name: &str, kms: AwsKms) {
         .dek_store(Arc::new(cmek::MemoryDekStore::new()))
         .build()
         .unwrap();
-    let compartments: Vec<_> = (0..100).map(|i| CompartmentId::new(format!("tenant-{i}")).unwrap()).collect();
+    let compartments: Vec<_> = (0..100)
+        .map(|i| CompartmentId::new(format!("tenant-{i}")).unwrap())
+        .collect();
     let started = Instant::now();
     rt.block_on(async {
         let record = [7u8; 256];
@@ -85,7 +94,11 @@ fn calls_per_million(rt: &tokio::runtime::Runtime, name: &str, kms: AwsKms) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut c = Criterion::default().configure_from_args();
     let fake = rt.block_on(FakeAwsKms::start()).unwrap();
     let arn = fake.create_key();
