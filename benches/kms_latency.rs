@@ -1,16 +1,20 @@
-//! KMS round trips through the real `aws-sdk-kms` client: wrap (`Encrypt`) and unwrap
-//! (`Decrypt`) latency against the testkit fake and, when `CMEK_TEST_MOTO_URL` is set, against
-//! moto; then KMS calls per 1,000,000 records through the cache.
+//! KMS round trips through the official clients: wrap and unwrap latency of `AwsKms`
+//! (`aws-sdk-kms`) against the testkit AWS fake and, when `CMEK_TEST_MOTO_URL` is set, moto; of
+//! `GcpKms` (`google-cloud-kms-v1`) against the testkit Cloud KMS fake and, when
+//! `CMEK_TEST_DRONGO_URL` is set, drongo; then KMS calls per 1,000,000 records through the cache.
 //!
-//! Run: `scripts/test.sh` starts moto for tests; for this bench start it yourself, e.g.
-//! `target/moto-venv/bin/python -m moto.server -p 5555 &` then
-//! `CMEK_TEST_MOTO_URL=http://127.0.0.1:5555 cargo bench --features aws,testkit --bench kms_latency`.
+//! Run (after `scripts/test.sh` has installed the emulators into `target/emulators`):
+//! `target/emulators/bin/python -m moto.server -p 5555 &`,
+//! `target/emulators/bin/drongo server --port 9090 &`, then
+//! `CMEK_TEST_MOTO_URL=http://127.0.0.1:5555 CMEK_TEST_DRONGO_URL=http://127.0.0.1:9090 cargo bench --features aws,gcp,testkit --bench kms_latency`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cmek::kms::aws::{AwsKms, Credentials};
+use cmek::kms::gcp::{GcpKms, credentials as gcp_credentials};
 use cmek::testkit::aws_fake::FakeAwsKms;
+use cmek::testkit::gcp_fake::FakeGcpKms;
 use cmek::{Client, CompartmentId, DataKey, KeyConfigId, KmsBackend, WrapContext};
 use criterion::Criterion;
 
@@ -43,7 +47,49 @@ async fn moto_key(url: &str) -> String {
     out.key_metadata().unwrap().arn().unwrap().to_owned()
 }
 
-fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, kms: &AwsKms) {
+async fn gcp_backend(endpoint: &str, key: &str) -> GcpKms {
+    GcpKms::builder(key)
+        .endpoint(endpoint)
+        .credentials(gcp_credentials::anonymous::Builder::new().build())
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Creates a key ring and key in drongo; returns the key name.
+async fn drongo_key(url: &str) -> String {
+    use google_cloud_kms_v1::model::{CryptoKey, crypto_key::CryptoKeyPurpose};
+    let admin = google_cloud_kms_v1::client::KeyManagementService::builder()
+        .with_endpoint(url)
+        .with_credentials(gcp_credentials::anonymous::Builder::new().build())
+        .build()
+        .await
+        .unwrap();
+    let ring = format!("bench-{}", std::process::id());
+    admin
+        .create_key_ring()
+        .set_parent("projects/cmek/locations/us")
+        .set_key_ring_id(&ring)
+        .send()
+        .await
+        .unwrap();
+    admin
+        .create_crypto_key()
+        .set_parent(format!("projects/cmek/locations/us/keyRings/{ring}"))
+        .set_crypto_key_id("k")
+        .set_crypto_key(CryptoKey::new().set_purpose(CryptoKeyPurpose::EncryptDecrypt))
+        .send()
+        .await
+        .unwrap()
+        .name
+}
+
+fn bench_backend(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    kms: &dyn KmsBackend,
+) {
     let (compartment, key_config) = (
         CompartmentId::new("bench").unwrap(),
         KeyConfigId::new("local").unwrap(),
@@ -51,7 +97,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, km
     let ctx = WrapContext::new(&compartment, &key_config);
     let dek = DataKey::generate().unwrap();
     let wrapped = rt.block_on(kms.wrap(&dek, &ctx)).unwrap();
-    let mut g = c.benchmark_group(format!("aws-kms/{name}"));
+    let mut g = c.benchmark_group(name.to_owned());
     g.sample_size(50).measurement_time(Duration::from_secs(5));
     g.bench_function("wrap", |b| {
         b.iter(|| rt.block_on(kms.wrap(&dek, &ctx)).unwrap())
@@ -63,9 +109,9 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, km
 }
 
 /// Encrypts 1,000,000 compact records over 100 compartments and reports the KMS calls made.
-fn calls_per_million(rt: &tokio::runtime::Runtime, name: &str, kms: AwsKms) {
+fn calls_per_million(rt: &tokio::runtime::Runtime, name: &str, kms: Arc<dyn KmsBackend>) {
     let client = Client::builder()
-        .key(KeyConfigId::new("local").unwrap(), Arc::new(kms))
+        .key(KeyConfigId::new("local").unwrap(), kms)
         .dek_store(Arc::new(cmek::MemoryDekStore::new()))
         .build()
         .unwrap();
@@ -85,7 +131,7 @@ fn calls_per_million(rt: &tokio::runtime::Runtime, name: &str, kms: AwsKms) {
     });
     let s = client.stats();
     println!(
-        "aws-kms/{name}: 1,000,000 records of 256 B over 100 compartments in {:.2} s: {} KMS calls ({} Encrypt), hit ratio {:.4}%",
+        "{name}: 1,000,000 records of 256 B over 100 compartments in {:.2} s: {} KMS calls ({} Encrypt), hit ratio {:.4}%",
         started.elapsed().as_secs_f64(),
         s.kms_calls(),
         s.kms_wrap_calls,
@@ -100,25 +146,48 @@ fn main() {
         .build()
         .unwrap();
     let mut c = Criterion::default().configure_from_args();
-    let fake = rt.block_on(FakeAwsKms::start()).unwrap();
-    let arn = fake.create_key();
-    let kms = rt.block_on(backend(&fake.endpoint(), &arn));
-    bench_backend(&mut c, &rt, "fake", &kms);
-    let moto = std::env::var("CMEK_TEST_MOTO_URL").ok();
-    match &moto {
-        Some(url) => {
-            let arn = rt.block_on(moto_key(url));
-            let kms = rt.block_on(backend(url, &arn));
-            bench_backend(&mut c, &rt, "moto", &kms);
+    let mut backends: Vec<(String, Arc<dyn KmsBackend>)> = Vec::new();
+
+    let aws_fake = rt.block_on(FakeAwsKms::start()).unwrap();
+    let arn = aws_fake.create_key();
+    backends.push((
+        "aws-kms/fake".into(),
+        Arc::new(rt.block_on(backend(&aws_fake.endpoint(), &arn))),
+    ));
+    match std::env::var("CMEK_TEST_MOTO_URL") {
+        Ok(url) => {
+            let arn = rt.block_on(moto_key(&url));
+            backends.push((
+                "aws-kms/moto".into(),
+                Arc::new(rt.block_on(backend(&url, &arn))),
+            ));
         }
-        None => eprintln!("aws-kms/moto skipped: set CMEK_TEST_MOTO_URL"),
+        Err(_) => eprintln!("aws-kms/moto skipped: set CMEK_TEST_MOTO_URL"),
+    }
+    let gcp_fake = rt.block_on(FakeGcpKms::start()).unwrap();
+    let key = gcp_fake.create_key("us");
+    backends.push((
+        "gcp-kms/fake".into(),
+        Arc::new(rt.block_on(gcp_backend(&gcp_fake.endpoint(), &key))),
+    ));
+    match std::env::var("CMEK_TEST_DRONGO_URL") {
+        Ok(url) => {
+            let key = rt.block_on(drongo_key(&url));
+            backends.push((
+                "gcp-kms/drongo".into(),
+                Arc::new(rt.block_on(gcp_backend(&url, &key))),
+            ));
+        }
+        Err(_) => eprintln!("gcp-kms/drongo skipped: set CMEK_TEST_DRONGO_URL"),
+    }
+
+    for (name, kms) in &backends {
+        bench_backend(&mut c, &rt, name, kms.as_ref());
     }
     c.final_summary();
     if std::env::args().any(|a| a == "--bench") {
-        calls_per_million(&rt, "fake", kms);
-        if let Some(url) = &moto {
-            let arn = rt.block_on(moto_key(url));
-            calls_per_million(&rt, "moto", rt.block_on(backend(url, &arn)));
+        for (name, kms) in backends {
+            calls_per_million(&rt, &name, kms);
         }
     }
 }

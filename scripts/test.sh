@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, integration, golden-vector, Wycheproof, CLI and doc tests with
-# every feature, plus the AWS backend against moto (a real KMS/STS emulator), which this script
-# installs (into target/moto-venv, once) and starts on 127.0.0.1.
+# every feature, plus the cloud backends against third-party emulators this script installs
+# (into target/emulators, once) and starts on 127.0.0.1: moto (AWS KMS and STS) and drongo
+# (Google Cloud KMS REST). The in-process fakes of the testkit need nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MOTO_VERSION=5.2.5
-venv=target/moto-venv
-if ! "$venv/bin/python" -c "import moto, flask" >/dev/null 2>&1; then
-  echo "installing moto[server]==$MOTO_VERSION into $venv" >&2
+venv=target/emulators
+packages=("moto[server]==5.2.5" "drongo==0.8.0" "google-crc32c")
+if ! "$venv/bin/python" -c "import moto, flask, drongo" >/dev/null 2>&1; then
+  echo "installing ${packages[*]} into $venv" >&2
   mkdir -p target
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     # Debian's system python needs python3-venv for ensurepip.
@@ -20,20 +21,36 @@ if ! "$venv/bin/python" -c "import moto, flask" >/dev/null 2>&1; then
       exit 1
     fi
   fi
-  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  "$venv/bin/pip" install -q --disable-pip-version-check "${packages[@]}"
 fi
 
-port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
-moto_pid=$!
-trap 'kill $moto_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  if "$venv/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
-    break
-  fi
-  sleep 0.2
-done
-export CMEK_TEST_MOTO_URL="http://127.0.0.1:$port"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+free_port() {
+  "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_for() {
+  for _ in $(seq 1 150); do
+    if "$venv/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "error: nothing listens on 127.0.0.1:$1" >&2
+  return 1
+}
+
+moto_port=$(free_port)
+"$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$moto_port" >target/moto.log 2>&1 &
+pids+=($!)
+drongo_port=$(free_port)
+"$venv/bin/drongo" server --host 127.0.0.1 --port "$drongo_port" >target/drongo.log 2>&1 &
+pids+=($!)
+wait_for "$moto_port"
+wait_for "$drongo_port"
+
+export CMEK_TEST_MOTO_URL="http://127.0.0.1:$moto_port"
+export CMEK_TEST_DRONGO_URL="http://127.0.0.1:$drongo_port"
 export CMEK_REQUIRE_EMULATORS=1
 
 cargo test --all-features --locked "$@"

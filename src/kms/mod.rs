@@ -4,6 +4,10 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
 pub mod aws;
 pub mod aws_arn;
+#[cfg(feature = "gcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gcp")))]
+pub mod gcp;
+pub mod gcp_name;
 #[cfg(feature = "local")]
 pub mod local;
 mod resolver;

@@ -4,10 +4,13 @@
 //!   and injects latency, scripted errors and key disablement, counting every call.
 //! * [`conformance`]: the suite every [`KmsBackend`](crate::KmsBackend) must pass.
 //! * [`aws_fake`]: a wire-compatible AWS KMS (and STS AssumeRole) server with fault injection.
+//! * [`gcp_fake`]: a wire-compatible Google Cloud KMS (REST) server with key versions, CRC32C
+//!   corruption and fault injection.
 
 pub mod aws_fake;
 pub mod conformance;
 mod faulty;
+pub mod gcp_fake;
 mod http;
 
 pub use faulty::{Fault, FaultyKms};
