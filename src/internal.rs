@@ -197,3 +197,28 @@ pub async fn partner_tag(
 ) -> Result<[u8; TAG_LEN]> {
     client.partner_tag(compartment, envelope, aad).await
 }
+
+/// RSA-OAEP-256 (SHA-256, MGF1-SHA-256) encryption under a public key given as SubjectPublicKeyInfo
+/// DER: the helper the Azure backend wraps with, for interop tests.
+///
+/// # Errors
+/// A key that does not parse, or a message too long.
+#[cfg(any(feature = "azure", feature = "testkit"))]
+pub fn rsa_oaep256_encrypt(spki_der: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    crate::kms::rsa_oaep::OaepPublicKey::from_spki_der(spki_der)?.encrypt(plaintext)
+}
+
+/// RSA-OAEP-256 decryption with a PKCS#8 DER private key (optionally with a label): the helper
+/// the testkit Key Vault unwraps with, for interop tests and Wycheproof vectors.
+///
+/// # Errors
+/// A key that does not parse, or a ciphertext that does not decrypt.
+#[cfg(feature = "testkit")]
+pub fn rsa_oaep256_decrypt(
+    pkcs8_der: &[u8],
+    ciphertext: &[u8],
+    label: Option<&[u8]>,
+) -> Result<Vec<u8>> {
+    let key = crate::kms::rsa_oaep::OaepPrivateKey::from_pkcs8(pkcs8_der)?;
+    Ok(key.decrypt(ciphertext, label)?.to_vec())
+}

@@ -4,6 +4,9 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
 pub mod aws;
 pub mod aws_arn;
+#[cfg(feature = "azure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
+pub mod azure;
 #[cfg(feature = "gcp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gcp")))]
 pub mod gcp;
@@ -12,6 +15,8 @@ pub mod gcp_name;
 pub mod local;
 mod resolver;
 mod retry;
+#[cfg(any(feature = "azure", feature = "testkit"))]
+pub(crate) mod rsa_oaep;
 
 use std::fmt;
 use std::sync::Arc;

@@ -66,17 +66,35 @@ pub(crate) type BoxReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
 /// Serves requests with `handler` on 127.0.0.1 until dropped.
 pub(crate) struct Server {
     addr: SocketAddr,
+    scheme: &'static str,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
+    /// Serves plain HTTP.
     pub(crate) async fn start<H>(handler: H) -> Result<Self>
+    where
+        H: Fn(Request) -> BoxReply + Send + Sync + 'static,
+    {
+        Self::start_with(handler, None).await
+    }
+
+    /// Serves HTTPS with `tls` (see [`super::tls::TestCa`]).
+    pub(crate) async fn start_tls<H>(handler: H, tls: Arc<rustls::ServerConfig>) -> Result<Self>
+    where
+        H: Fn(Request) -> BoxReply + Send + Sync + 'static,
+    {
+        Self::start_with(handler, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with<H>(handler: H, tls: Option<tokio_rustls::TlsAcceptor>) -> Result<Self>
     where
         H: Fn(Request) -> BoxReply + Send + Sync + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let handler = Arc::new(handler);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let accept_loop = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -84,6 +102,7 @@ impl Server {
                     continue;
                 };
                 let handler = handler.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |req: hyper::Request<Incoming>| {
                         let handler = handler.clone();
@@ -107,19 +126,34 @@ impl Server {
                             }
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
                 while connections.try_join_next().is_some() {}
             }
         });
-        Ok(Self { addr, accept_loop })
+        Ok(Self {
+            addr,
+            scheme,
+            accept_loop,
+        })
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` or `https://…`.
     pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 }
 
