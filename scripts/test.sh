@@ -53,4 +53,7 @@ export CMEK_TEST_MOTO_URL="http://127.0.0.1:$moto_port"
 export CMEK_TEST_DRONGO_URL="http://127.0.0.1:$drongo_port"
 export CMEK_REQUIRE_EMULATORS=1
 
+# The unit tests once more without the cloud features: what a default build says when a
+# configuration needs a provider it was built without.
+cargo test --lib --locked "$@"
 cargo test --all-features --locked "$@"

@@ -64,6 +64,23 @@ impl ErrorKind {
         matches!(self, Self::Throttled | Self::Transient)
     }
 
+    /// The error code of the reference API's error table, to answer with next to
+    /// [`ErrorKind::http_status`]: `invalid_request` (400), `auth_error` (401),
+    /// `insufficient_scope` (403), `not_found` (404), `already_exists` (409),
+    /// `validation_error` (422), `rate_limited` (429) and `server_error` (5xx, retry later).
+    pub fn api_error_code(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "invalid_request",
+            Self::Unauthenticated => "auth_error",
+            Self::PermissionDenied => "insufficient_scope",
+            Self::NotFound => "not_found",
+            Self::AlreadyExists => "already_exists",
+            Self::Validation | Self::KeyRevoked | Self::Integrity => "validation_error",
+            Self::Throttled => "rate_limited",
+            Self::Configuration | Self::Transient => "server_error",
+        }
+    }
+
     /// The HTTP status an API layer should answer with.
     pub fn http_status(self) -> u16 {
         match self {

@@ -7,6 +7,7 @@
 pub mod cache;
 mod cipher;
 mod client;
+pub mod control;
 mod error;
 pub mod format;
 mod ids;

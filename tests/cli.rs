@@ -206,3 +206,196 @@ fn demo_reports_the_workload() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+/// Runs `cmek` with `CMEK_STATE` set, parsing stdout as JSON when it succeeds.
+fn admin(state: &Path, args: &[&str], stdin: Option<&[u8]>) -> (bool, serde_json::Value, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cmek"))
+        .args(args)
+        .env("CMEK_STATE", state)
+        .env("USER", "ops@example.com")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.success(),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn string(v: &serde_json::Value) -> String {
+    v.as_str().unwrap().to_owned()
+}
+
+#[test]
+fn control_plane_commands_over_the_embedded_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (kek_a, kek_b) = (dir.path().join("a.key"), dir.path().join("b.key"));
+    ok(cmek(
+        &["keygen", "--out", s(&kek_a), "--key-id", "local:a"],
+        None,
+    ));
+    ok(cmek(
+        &["keygen", "--out", s(&kek_b), "--key-id", "local:b"],
+        None,
+    ));
+
+    // Create from the reference API's request body (here on stdin), then validate.
+    let body = format!(
+        r#"{{"display_name": "prod key", "geo": "us", "provider_config": {{"type": "local", "key_file": "{}"}}}}"#,
+        s(&kek_a)
+    );
+    let (good, key, err) = admin(
+        &state,
+        &["keys", "create", "--body", "-"],
+        Some(body.as_bytes()),
+    );
+    assert!(good, "{err}");
+    assert_eq!(key["type"], "external_key");
+    assert_eq!(key["geo"], "us");
+    assert!(key["id"].as_str().unwrap().starts_with("ekey_"));
+    let id = string(&key["id"]);
+    let (good, shown, _) = admin(&state, &["keys", "show", &id], None);
+    assert!(good);
+    assert_eq!(shown["display_name"], "prod key");
+
+    // A bad request names the field; attaching before validating is refused.
+    let bad = r#"{"display_name": "x", "provider_config": {"type": "aws", "kms_arn": "arn:aws:kms:us-east-1:111122223333:alias/x", "role_arn": "arn:aws:iam::111122223333:role/r"}}"#;
+    let (good, _, err) = admin(&state, &["keys", "create", "--body", bad], None);
+    assert!(!good && err.contains("provider_config.kms_arn"), "{err}");
+    let (good, compartment, err) = admin(&state, &["compartments", "create"], None);
+    assert!(good, "{err}");
+    assert_eq!(compartment["external_key_id"], serde_json::Value::Null);
+    let c = string(&compartment["compartment_id"]);
+    let (good, _, err) = admin(
+        &state,
+        &["compartments", "attach", &c, "--external-key-id", &id],
+        None,
+    );
+    assert!(!good && err.contains("validate it first"), "{err}");
+
+    // Data written now stays under the provider-managed key.
+    let early = ok(cmek(
+        &[
+            "encrypt",
+            "--state",
+            s(&state),
+            "--compartment",
+            &c,
+            "--compact",
+        ],
+        Some(b"early"),
+    ));
+
+    let (good, result, _) = admin(&state, &["keys", "validate", &id], None);
+    assert!(good);
+    assert_eq!(
+        result,
+        serde_json::json!({"type": "external_key_validation", "status": "success", "error": null})
+    );
+    let (good, attached, err) = admin(
+        &state,
+        &["compartments", "attach", &c, "--external-key-id", &id],
+        None,
+    );
+    assert!(good, "{err}");
+    assert_eq!(attached["external_key_id"], id.as_str());
+    let late = ok(cmek(
+        &[
+            "encrypt",
+            "--state",
+            s(&state),
+            "--compartment",
+            &c,
+            "--compact",
+        ],
+        Some(b"late"),
+    ));
+
+    // Rotate to key b, rewrap, and everything still decrypts.
+    let config = format!(r#"{{"type": "local", "key_file": "{}"}}"#, s(&kek_b));
+    let (good, rotated, err) = admin(
+        &state,
+        &["keys", "rotate", &id, "--provider-config", &config],
+        None,
+    );
+    assert!(good, "{err}");
+    assert_eq!(rotated["provider_config"]["key_file"], s(&kek_b));
+    let (good, job, err) = admin(&state, &["rewrap", &id, "--batch", "1"], None);
+    assert!(good, "{err}");
+    assert_eq!(
+        (job["rewrapped"].as_u64(), job["target_key_ref"].as_str()),
+        (Some(1), Some("local:b"))
+    );
+    assert!(
+        err.contains("rewrap ekey_"),
+        "progress lines on stderr: {err}"
+    );
+    for (envelope, text) in [(&early, "early"), (&late, "late")] {
+        let plain = ok(cmek(
+            &["decrypt", "--state", s(&state), "--compartment", &c],
+            Some(envelope),
+        ));
+        assert_eq!(plain, text.as_bytes());
+    }
+
+    // Deleting needs --force while attached; then new writes stop.
+    let (good, _, err) = admin(&state, &["keys", "delete", &id], None);
+    assert!(!good && err.contains("force"), "{err}");
+    let (good, deleted, _) = admin(&state, &["keys", "delete", &id, "--force"], None);
+    assert!(good && deleted["deleted_at"].is_string());
+    let refused = cmek(
+        &["encrypt", "--state", s(&state), "--compartment", &c],
+        Some(b"x"),
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("key_revoked"));
+
+    let (good, list, _) = admin(&state, &["keys", "list"], None);
+    assert!(good);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let (good, list, _) = admin(&state, &["compartments", "list"], None);
+    assert!(good);
+    assert_eq!(list["data"][0]["compartment_id"], c.as_str());
+
+    // The audit trail names the actor.
+    let trail = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    let actions: Vec<String> = trail
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .inspect(|e| assert_eq!(e["actor"], "ops@example.com"))
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "external_key.create:success",
+            "external_key.create:failure",
+            "compartment.create:success",
+            "compartment.attach:failure",
+            "external_key.validate:success",
+            "compartment.attach:success",
+            "external_key.rotate:success",
+            "rewrap.start:success",
+            "rewrap.complete:success",
+            "external_key.delete:failure",
+            "external_key.delete:success",
+        ]
+    );
+}

@@ -446,6 +446,13 @@ impl Client {
         tracing::info!(key_config = %key_config, ?mode, "key configuration revoked");
     }
 
+    /// Drops cached encryption DEKs under `key_config`, so the next encryption of their
+    /// compartments asks the key resolver again (after a key configuration was rotated or
+    /// deleted). Decryption is untouched.
+    pub fn retire(&self, key_config: &KeyConfigId) {
+        self.inner.drop_encryption_deks(key_config);
+    }
+
     /// Lifts a [`Client::revoke`].
     pub fn reinstate(&self, key_config: &KeyConfigId) {
         if let Ok(mut revoked) = self.inner.revoked.write() {

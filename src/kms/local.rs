@@ -408,6 +408,17 @@ impl KmsBackend for LocalKms {
         Provider::Local
     }
 
+    async fn check_key(&self) -> Result<()> {
+        let ring = read(&self.ring)?;
+        if !ring.enabled {
+            return Err(Error::revoked(format!(
+                "local key {} is disabled",
+                self.key_id
+            )));
+        }
+        usable(&ring, ring.primary, &self.key_id).map(|_| ())
+    }
+
     async fn describe(&self) -> Result<KeyDescription> {
         let ring = read(&self.ring)?;
         Ok(KeyDescription::new(

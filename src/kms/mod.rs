@@ -7,6 +7,7 @@ pub mod aws_arn;
 #[cfg(feature = "azure")]
 #[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
 pub mod azure;
+pub mod azure_name;
 #[cfg(feature = "gcp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gcp")))]
 pub mod gcp;
@@ -239,6 +240,17 @@ pub trait KmsBackend: Send + Sync + fmt::Debug + 'static {
     /// [`ErrorKind::Integrity`](crate::ErrorKind::Integrity) when the wrapped key was tampered
     /// with or the context differs; otherwise as for `wrap`.
     async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<DataKey>;
+
+    /// Checks the key's kind and state as far as the service tells (enabled, purpose, size,
+    /// location), for validation before a key is used. The default checks nothing.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Validation`](crate::ErrorKind::Validation) for a key of the wrong kind,
+    /// [`ErrorKind::KeyRevoked`](crate::ErrorKind::KeyRevoked) for a disabled one, or the
+    /// service's error.
+    async fn check_key(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A shareable backend.
@@ -258,6 +270,9 @@ impl<T: KmsBackend + ?Sized> KmsBackend for Arc<T> {
     }
     async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<DataKey> {
         (**self).unwrap(wrapped, context).await
+    }
+    async fn check_key(&self) -> Result<()> {
+        (**self).check_key().await
     }
 }
 

@@ -43,6 +43,7 @@ impl OaepPublicKey {
     }
 
     /// The modulus size in bits.
+    #[cfg_attr(not(feature = "azure"), allow(dead_code))]
     pub(crate) fn bits(&self) -> usize {
         self.0.key_size_bits()
     }

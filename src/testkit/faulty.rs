@@ -13,7 +13,7 @@ use crate::key::DataKey;
 use crate::kms::local::LocalKms;
 use crate::kms::{KeyDescription, KeyStateControl, KmsBackend, Provider, WrapContext, WrappedKey};
 
-/// What the next wrap or unwrap call does.
+/// What the next wrap, unwrap or key check call does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {
@@ -86,14 +86,14 @@ impl<B: KmsBackend> FaultyKms<B> {
         }
     }
 
-    /// Queues faults; each wrap or unwrap call takes the next one.
+    /// Queues faults; each wrap, unwrap or key check call takes the next one.
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
         if let Ok(mut s) = self.script.lock() {
             s.extend(faults);
         }
     }
 
-    /// The next `n` wrap or unwrap calls fail with `kind`.
+    /// The next `n` wrap, unwrap or key check calls fail with `kind`.
     pub fn fail_next(&self, n: usize, kind: ErrorKind) {
         self.push_faults(std::iter::repeat_n(Fault::Fail(kind), n));
     }
@@ -181,6 +181,11 @@ impl<B: KmsBackend> KmsBackend for FaultyKms<B> {
         self.unwrap_calls.fetch_add(1, SeqCst);
         self.before_call().await?;
         self.inner.unwrap(wrapped, context).await
+    }
+
+    async fn check_key(&self) -> Result<()> {
+        self.before_call().await?;
+        self.inner.check_key().await
     }
 }
 

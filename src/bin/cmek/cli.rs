@@ -41,17 +41,142 @@ pub(crate) enum Command {
     },
     /// Runs a realistic multi-tenant workload on the embedded default and reports what happened.
     Demo(DemoArgs),
+    /// Manages external key configurations (create, list, show, validate, rotate, delete).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manages compartments and their write-once key attachment.
+    #[command(subcommand)]
+    Compartments(CompartmentsCommand),
+    /// Re-wraps the DEK records of a rotated external key under its current KMS key.
+    Rewrap {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The external key (`ekey_…`).
+        external_key_id: String,
+        /// DEK records re-wrapped per batch (and per progress line).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
+}
+
+/// The control plane's embedded state.
+#[derive(Debug, Args)]
+pub(crate) struct StateArgs {
+    /// State directory: configurations, compartments, DEK records, the audit trail and the
+    /// provider-managed key file (created on first use).
+    #[arg(long, env = "CMEK_STATE")]
+    pub(crate) state: PathBuf,
+    /// Who is making the change, for the audit trail.
+    #[arg(long, env = "USER", default_value = "cli")]
+    pub(crate) actor: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Creates an external key configuration from a request body (the reference API's JSON) or
+    /// a local key file; prints it.
+    Create {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The request body: JSON text, `@FILE`, or `-` for stdin.
+        #[arg(long, required_unless_present = "local_key_file")]
+        body: Option<String>,
+        /// Shortcut for a local key file configuration (development, demos).
+        #[arg(long, conflicts_with = "body")]
+        local_key_file: Option<PathBuf>,
+        /// The display name (with --local-key-file).
+        #[arg(long, default_value = "local key")]
+        display_name: String,
+    },
+    /// Lists every configuration as `{"data": [...]}`.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Prints one configuration.
+    Show {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The external key (`ekey_…`).
+        id: String,
+    },
+    /// Validates a configuration with a real round trip; prints the result and exits with 1 if
+    /// it failed.
+    Validate {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The external key (`ekey_…`).
+        id: String,
+    },
+    /// Moves a configuration to a new KMS key of the same provider (validated first).
+    Rotate {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The external key (`ekey_…`).
+        id: String,
+        /// The new `provider_config`: JSON text, `@FILE`, or `-` for stdin.
+        #[arg(long)]
+        provider_config: String,
+    },
+    /// Deletes (deactivates) a configuration: no new data goes under it.
+    Delete {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The external key (`ekey_…`).
+        id: String,
+        /// Delete even if compartments use it (their new writes then fail).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CompartmentsCommand {
+    /// Creates a compartment (a fresh UUID v4), optionally with a validated key; prints it.
+    Create {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The external key its data goes under (default: the provider-managed key).
+        #[arg(long)]
+        external_key_id: Option<String>,
+    },
+    /// Attaches a validated external key, once.
+    Attach {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The compartment id.
+        compartment_id: String,
+        /// The external key (`ekey_…`).
+        #[arg(long)]
+        external_key_id: String,
+    },
+    /// Prints one compartment.
+    Show {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The compartment id.
+        compartment_id: String,
+    },
+    /// Lists every compartment as `{"data": [...]}`.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct CryptArgs {
     /// The local key file.
+    #[arg(long, required_unless_present = "state", conflicts_with = "state")]
+    pub(crate) key_file: Option<PathBuf>,
+    /// Use the control plane's state directory instead: each compartment's attached key (or
+    /// the provider-managed one), DEK records in `<state>/dek_records`.
     #[arg(long)]
-    pub(crate) key_file: PathBuf,
+    pub(crate) state: Option<PathBuf>,
     /// The compartment (tenant, workspace) the data belongs to.
     #[arg(long)]
     pub(crate) compartment: String,
-    /// The key configuration id recorded in envelopes.
+    /// The key configuration id recorded in envelopes (with --key-file).
     #[arg(long, default_value = "local")]
     pub(crate) key_config: String,
     /// Additional authenticated data (must match on decrypt).

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod cli;
 mod demo;
 
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -36,8 +37,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> cmek::Result<()> {
+async fn run(cli: Cli) -> cmek::Result<ExitCode> {
     match cli.command {
+        Command::Keys(command) => return admin::keys(command).await,
+        Command::Compartments(command) => return admin::compartments(command).await,
+        Command::Rewrap {
+            state,
+            external_key_id,
+            batch,
+        } => return admin::rewrap(state, external_key_id, batch).await,
         Command::Keygen { out, key_id } => {
             let kms = LocalKms::create(&out, key_id)?;
             eprintln!(
@@ -84,11 +92,21 @@ async fn run(cli: Cli) -> cmek::Result<()> {
             write_output(None, format!("{json}\n").as_bytes())
         }
         Command::Demo(args) => demo::run(args).await,
-    }
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn client(args: &CryptArgs) -> cmek::Result<Client> {
-    let kms = LocalKms::open(&args.key_file)?;
+    if let Some(state) = &args.state {
+        return Ok(admin::open_plane(state)?.client().clone());
+    }
+    let Some(key_file) = &args.key_file else {
+        return Err(cmek::Error::new(
+            cmek::ErrorKind::InvalidInput,
+            "give --key-file or --state",
+        ));
+    };
+    let kms = LocalKms::open(key_file)?;
     let mut builder = Client::builder().key(KeyConfigId::new(&args.key_config)?, Arc::new(kms));
     if let Some(dir) = &args.dek_store {
         builder = builder.dek_store(Arc::new(FileDekStore::open(dir)?));

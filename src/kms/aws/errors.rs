@@ -87,6 +87,15 @@ where
     }
 }
 
+/// What the error chain says when a connection failed or timed out.
+const NETWORK_FAILURES: [&str; 5] = [
+    "io error",
+    "tcp connect error",
+    "timed out",
+    "connection closed",
+    "Connection refused",
+];
+
 /// Credential problems (AssumeRole refused, no credentials) surface as dispatch or construction
 /// failures whose only trace is the error chain's text.
 fn credential_kind<E: std::error::Error + 'static>(
@@ -95,6 +104,10 @@ fn credential_kind<E: std::error::Error + 'static>(
     let text = DisplayErrorContext(err).to_string();
     if text.contains("AccessDenied") {
         Some(ErrorKind::PermissionDenied)
+    } else if NETWORK_FAILURES.iter().any(|marker| text.contains(marker)) {
+        // Loading credentials failed because STS could not be reached: that is the network,
+        // not the credentials.
+        Some(ErrorKind::Transient)
     } else if text.contains("ExpiredToken")
         || text.contains("InvalidClientTokenId")
         || text.contains("credentials")

@@ -23,7 +23,7 @@
 //! # async fn main() -> cmek::Result<()> {
 //! use std::sync::Arc;
 //! use cmek::kms::aws::AwsKms;
-//! use cmek::{Client, KeyConfigId};
+//! use cmek::{Client, KeyConfigId, KmsBackend};
 //!
 //! // The seed's provider config: {kms_arn, role_arn, region?}.
 //! let kms = AwsKms::builder("arn:aws:kms:us-east-2:111122223333:key/abcd1234-5678-90ab-cdef-000011112222")
@@ -142,7 +142,7 @@ impl AwsKms {
     /// # Errors
     /// [`ErrorKind::KeyRevoked`] for a key that is not enabled, [`ErrorKind::Validation`] for a
     /// key of the wrong kind or place, or the KMS error of the call.
-    pub async fn check_key(&self) -> Result<()> {
+    async fn check_key_inner(&self) -> Result<()> {
         let out = self
             .traced(
                 "DescribeKey",
@@ -240,6 +240,10 @@ fn context_map(context: &WrapContext<'_>) -> std::collections::HashMap<String, S
 
 #[async_trait]
 impl KmsBackend for AwsKms {
+    async fn check_key(&self) -> Result<()> {
+        self.check_key_inner().await
+    }
+
     fn provider(&self) -> Provider {
         Provider::Aws
     }

@@ -19,6 +19,7 @@
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> cmek::Result<()> {
+//! use cmek::KmsBackend;
 //! use cmek::kms::azure::AzureKeyVault;
 //!
 //! // The seed's provider config: {vault_uri, key_name, tenant_id, client_id?}.
@@ -47,6 +48,7 @@ use azure_security_keyvault_keys::models::{
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use super::azure_name::{check_key_name, check_vault_uri};
 use super::rsa_oaep::OaepPublicKey;
 use super::{KeyDescription, KmsBackend, Provider, WrapContext, WrappedKey};
 use crate::error::{Error, ErrorKind, Result};
@@ -116,39 +118,6 @@ impl fmt::Debug for AzureKeyVaultBuilder {
     }
 }
 
-/// Checks the vault URI: `https://<name>.vault.azure.net` (or another https host for private
-/// endpoints and tests), no path beyond `/`.
-pub fn check_vault_uri(uri: &str) -> Result<()> {
-    let invalid = |m: &str| {
-        Err(Error::new(
-            ErrorKind::Validation,
-            format!("vault_uri: {uri:?} {m}"),
-        ))
-    };
-    let Some(rest) = uri.strip_prefix("https://") else {
-        return invalid("must start with https://");
-    };
-    let host = rest.trim_end_matches('/');
-    if host.is_empty() || host.contains('/') || host.contains('?') || host.contains('#') {
-        return invalid("must be https://<vault host> with no path");
-    }
-    Ok(())
-}
-
-/// Checks a Key Vault key name: 1 to 127 letters, digits and dashes.
-pub fn check_key_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 127
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(Error::new(
-            ErrorKind::Validation,
-            format!("key_name: {name:?} must be 1 to 127 letters, digits and dashes"),
-        ));
-    }
-    Ok(())
-}
-
 impl AzureKeyVault {
     /// Starts building a backend for the key `key_name` in the vault at `vault_uri`.
     pub fn builder(
@@ -185,7 +154,7 @@ impl AzureKeyVault {
     /// # Errors
     /// [`ErrorKind::Validation`] for a key of the wrong kind, [`ErrorKind::KeyRevoked`] for a
     /// disabled, expired or not yet valid key, or the call's error.
-    pub async fn check_key(&self) -> Result<()> {
+    async fn check_key_inner(&self) -> Result<()> {
         let fetched = self.fetch().await?;
         fetched.usable.clone()
     }
@@ -337,6 +306,10 @@ fn payload(dek: &DataKey, context: &WrapContext<'_>) -> Zeroizing<[u8; DATA_KEY_
 
 #[async_trait]
 impl KmsBackend for AzureKeyVault {
+    async fn check_key(&self) -> Result<()> {
+        self.check_key_inner().await
+    }
+
     fn provider(&self) -> Provider {
         Provider::Azure
     }

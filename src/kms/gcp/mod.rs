@@ -17,6 +17,7 @@
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> cmek::Result<()> {
+//! use cmek::KmsBackend;
 //! use cmek::kms::gcp::GcpKms;
 //!
 //! // The seed's provider config: {key_name}.
@@ -150,7 +151,7 @@ impl GcpKms {
     /// # Errors
     /// [`ErrorKind::KeyRevoked`] when the primary version is not enabled,
     /// [`ErrorKind::Validation`] for a key of the wrong purpose or place, or the call's error.
-    pub async fn check_key(&self) -> Result<()> {
+    async fn check_key_inner(&self) -> Result<()> {
         let key = self
             .traced(
                 "GetCryptoKey",
@@ -257,6 +258,10 @@ impl GcpKms {
 
 #[async_trait]
 impl KmsBackend for GcpKms {
+    async fn check_key(&self) -> Result<()> {
+        self.check_key_inner().await
+    }
+
     fn provider(&self) -> Provider {
         Provider::Gcp
     }

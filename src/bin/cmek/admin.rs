@@ -1,0 +1,201 @@
+//! The control-plane commands (`keys`, `compartments`, `rewrap`) over an embedded state
+//! directory, printing the reference API's JSON shapes.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cmek::control::{
+    Actor, ControlPlane, CreateExternalKey, DefaultBackendFactory, ExternalKeyId, FileControlStore,
+    JsonLinesAuditSink, ProviderConfig, ValidationStatus,
+};
+use cmek::{CompartmentId, Error, ErrorKind, FileDekStore, LocalKms};
+use serde::Serialize;
+
+use crate::cli::{CompartmentsCommand, KeysCommand, StateArgs};
+
+/// The provider-managed key's file in a state directory, and its key id.
+const PROVIDER_MANAGED_FILE: &str = "provider-managed.key";
+const PROVIDER_MANAGED_KEY_ID: &str = "local:provider-managed";
+
+/// Opens (creating on first use) the control plane kept in `dir`:
+/// `control/` (configurations, compartments, rewrap jobs), `dek_records/`, `audit.jsonl` and
+/// the provider-managed key file.
+pub(crate) fn open_plane(dir: &Path) -> cmek::Result<ControlPlane> {
+    std::fs::create_dir_all(dir)?;
+    let key_file = dir.join(PROVIDER_MANAGED_FILE);
+    let provider_managed = if key_file.exists() {
+        LocalKms::open(&key_file)?
+    } else {
+        LocalKms::create(&key_file, PROVIDER_MANAGED_KEY_ID)?
+    };
+    ControlPlane::builder()
+        .store(Arc::new(FileControlStore::open(dir.join("control"))?))
+        .dek_store(Arc::new(FileDekStore::open(dir.join("dek_records"))?))
+        .audit(Arc::new(JsonLinesAuditSink::open(dir.join("audit.jsonl"))?))
+        .factory(Arc::new(DefaultBackendFactory::new()))
+        .provider_managed(Arc::new(provider_managed))
+        .build()
+}
+
+fn open(state: &StateArgs) -> cmek::Result<(ControlPlane, Actor)> {
+    Ok((open_plane(&state.state)?, Actor::new(&state.actor)))
+}
+
+fn print(value: &impl Serialize) -> cmek::Result<()> {
+    let json = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::new(ErrorKind::Configuration, e.to_string()))?;
+    println!("{json}");
+    Ok(())
+}
+
+/// JSON text, `@FILE` or `-` (stdin).
+fn json_argument<T: serde::de::DeserializeOwned>(arg: &str, what: &str) -> cmek::Result<T> {
+    let text = match arg {
+        "-" => String::from_utf8(crate::read_input(None)?)
+            .map_err(|_| Error::new(ErrorKind::InvalidInput, format!("{what} is not UTF-8")))?,
+        _ => match arg.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)?,
+            None => arg.to_owned(),
+        },
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{what}: {e}")))
+}
+
+#[derive(Serialize)]
+struct List<T> {
+    data: Vec<T>,
+}
+
+/// `cmek keys …`.
+pub(crate) async fn keys(command: KeysCommand) -> cmek::Result<ExitCode> {
+    match command {
+        KeysCommand::Create {
+            state,
+            body,
+            local_key_file,
+            display_name,
+        } => {
+            let request = match (body, local_key_file) {
+                (Some(body), _) => json_argument(&body, "the request body")?,
+                (None, Some(path)) => {
+                    let key_file = std::path::absolute(&path)?.display().to_string();
+                    CreateExternalKey::new(display_name, ProviderConfig::Local { key_file })
+                }
+                (None, None) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        "give --body or --local-key-file",
+                    ));
+                }
+            };
+            let (plane, actor) = open(&state)?;
+            print(&plane.create_external_key(&actor, request).await?)?;
+        }
+        KeysCommand::List { state } => {
+            let (plane, _) = open(&state)?;
+            print(&List {
+                data: plane.external_keys().await?,
+            })?;
+        }
+        KeysCommand::Show { state, id } => {
+            let (plane, _) = open(&state)?;
+            print(&plane.external_key(&ExternalKeyId::new(id)?).await?)?;
+        }
+        KeysCommand::Validate { state, id } => {
+            let (plane, actor) = open(&state)?;
+            let result = plane
+                .validate_external_key(&actor, &ExternalKeyId::new(id)?)
+                .await?;
+            print(&result)?;
+            if result.status != ValidationStatus::Success {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        KeysCommand::Rotate {
+            state,
+            id,
+            provider_config,
+        } => {
+            let config: ProviderConfig = json_argument(&provider_config, "the provider config")?;
+            let (plane, actor) = open(&state)?;
+            print(
+                &plane
+                    .rotate_external_key(&actor, &ExternalKeyId::new(id)?, config)
+                    .await?,
+            )?;
+        }
+        KeysCommand::Delete { state, id, force } => {
+            let (plane, actor) = open(&state)?;
+            print(
+                &plane
+                    .delete_external_key(&actor, &ExternalKeyId::new(id)?, force)
+                    .await?,
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cmek compartments …`.
+pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<ExitCode> {
+    match command {
+        CompartmentsCommand::Create {
+            state,
+            external_key_id,
+        } => {
+            let (plane, actor) = open(&state)?;
+            let key = external_key_id.map(ExternalKeyId::new).transpose()?;
+            print(&plane.create_compartment(&actor, key.as_ref()).await?)?;
+        }
+        CompartmentsCommand::Attach {
+            state,
+            compartment_id,
+            external_key_id,
+        } => {
+            let (plane, actor) = open(&state)?;
+            let compartment = CompartmentId::new(compartment_id)?;
+            let key = ExternalKeyId::new(external_key_id)?;
+            print(
+                &plane
+                    .attach_external_key(&actor, &compartment, &key)
+                    .await?,
+            )?;
+        }
+        CompartmentsCommand::Show {
+            state,
+            compartment_id,
+        } => {
+            let (plane, _) = open(&state)?;
+            print(
+                &plane
+                    .compartment(&CompartmentId::new(compartment_id)?)
+                    .await?,
+            )?;
+        }
+        CompartmentsCommand::List { state } => {
+            let (plane, _) = open(&state)?;
+            print(&List {
+                data: plane.compartments().await?,
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cmek rewrap …`: progress on stderr, the finished job on stdout.
+pub(crate) async fn rewrap(state: StateArgs, id: String, batch: usize) -> cmek::Result<ExitCode> {
+    let (plane, actor) = open(&state)?;
+    let id = ExternalKeyId::new(id)?;
+    let job = plane
+        .rewrap(&actor, &id, batch, |job| {
+            eprintln!(
+                "rewrap {}: examined {}, rewrapped {}, already current {}",
+                job.external_key_id, job.examined, job.rewrapped, job.already_current
+            );
+        })
+        .await?;
+    print(&job)?;
+    Ok(ExitCode::SUCCESS)
+}

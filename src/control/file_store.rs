@@ -1,0 +1,298 @@
+//! A durable [`ControlStore`] of small JSON files under one directory.
+//!
+//! Why files and not SQLite: the state is small (configurations and compartments), each object
+//! is written whole and atomically (temporary file, fsync, rename, directory fsync), and the one
+//! operation that must be atomic across processes, attaching a key, maps onto the filesystem's
+//! own atomic primitive: creating `attachments/<compartment>` with `O_CREAT|O_EXCL`. No C
+//! library, no schema migrations, and the files can be read with `cat`.
+//!
+//! Layout: `external_keys/<id>.json`, `compartments/<id>.json`, `attachments/<id>` (the attached
+//! `ekey_` id, the source of truth for the write-once field), `rewrap_jobs/<id>.json`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+
+use super::model::{Compartment, ExternalKey, ExternalKeyId};
+use super::rewrap::RewrapJob;
+use super::store::{ControlStore, conflict};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::CompartmentId;
+use crate::store::write_atomically;
+
+/// The control plane's state in a directory.
+#[derive(Clone, Debug)]
+pub struct FileControlStore {
+    root: Arc<Path>,
+}
+
+const DIRS: [&str; 4] = [
+    "external_keys",
+    "compartments",
+    "attachments",
+    "rewrap_jobs",
+];
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::transient(format!("control store task failed: {e}")))?
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::invalid_input(format!("{} is corrupt: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::from(e).with_context(format!("reading {}", path.display()))),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::configuration(format!("cannot encode: {e}")))?;
+    write_atomically(path, &bytes, 0o644)
+}
+
+fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json")
+            && let Some(value) = read_json(&path)?
+        {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+impl FileControlStore {
+    /// Uses (and creates if needed) the directory `root`.
+    ///
+    /// # Errors
+    /// I/O errors creating the directories.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref();
+        for dir in DIRS {
+            std::fs::create_dir_all(root.join(dir)).map_err(|e| {
+                Error::from(e).with_context(format!("creating {}", root.join(dir).display()))
+            })?;
+        }
+        Ok(Self {
+            root: Arc::from(root),
+        })
+    }
+
+    /// The state directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn key_path(&self, id: &ExternalKeyId) -> PathBuf {
+        self.root.join("external_keys").join(format!("{id}.json"))
+    }
+
+    fn compartment_path(&self, id: &CompartmentId) -> PathBuf {
+        self.root.join("compartments").join(format!("{id}.json"))
+    }
+
+    fn attachment_path(&self, id: &CompartmentId) -> PathBuf {
+        self.root.join("attachments").join(id.as_str())
+    }
+
+    fn job_path(&self, id: &ExternalKeyId) -> PathBuf {
+        self.root.join("rewrap_jobs").join(format!("{id}.json"))
+    }
+}
+
+/// The attached key of a compartment, from its attachment file.
+fn attachment(path: &Path) -> Result<Option<ExternalKeyId>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => ExternalKeyId::new(text.trim()).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A compartment with its write-once field read from the attachment file.
+fn load_compartment(path: &Path, attachments: &Path) -> Result<Option<Compartment>> {
+    let Some(mut c): Option<Compartment> = read_json(path)? else {
+        return Ok(None);
+    };
+    if let Some(key) = attachment(&attachments.join(c.compartment_id.as_str()))? {
+        c.external_key_id = Some(key);
+    }
+    Ok(Some(c))
+}
+
+/// Creates `path` with `contents` only if it does not exist (atomically, across processes).
+fn create_once(path: &Path, contents: &[u8]) -> Result<bool> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    match opts.open(path) {
+        Ok(mut f) => {
+            f.write_all(contents)?;
+            f.sync_all()?;
+            if let Some(dir) = path.parent()
+                && let Ok(d) = std::fs::File::open(dir)
+            {
+                let _ = d.sync_all();
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[async_trait]
+impl ControlStore for FileControlStore {
+    async fn insert_external_key(&self, key: &ExternalKey) -> Result<()> {
+        let (path, key) = (self.key_path(&key.id), key.clone());
+        blocking(move || {
+            let bytes =
+                serde_json::to_vec_pretty(&key).map_err(|e| Error::configuration(e.to_string()))?;
+            if create_once(&path, &bytes)? {
+                Ok(())
+            } else {
+                Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("external key {} exists", key.id),
+                ))
+            }
+        })
+        .await
+    }
+
+    async fn update_external_key(&self, key: &ExternalKey) -> Result<()> {
+        let (path, key) = (self.key_path(&key.id), key.clone());
+        blocking(move || {
+            if !path.exists() {
+                return Err(Error::not_found(format!("no external key {}", key.id)));
+            }
+            write_json(&path, &key)
+        })
+        .await
+    }
+
+    async fn external_key(&self, id: &ExternalKeyId) -> Result<Option<ExternalKey>> {
+        let path = self.key_path(id);
+        blocking(move || read_json(&path)).await
+    }
+
+    async fn external_keys(&self) -> Result<Vec<ExternalKey>> {
+        let dir = self.root.join("external_keys");
+        blocking(move || {
+            let mut keys: Vec<ExternalKey> = read_all(&dir)?;
+            keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn insert_compartment(&self, compartment: &Compartment) -> Result<()> {
+        let (path, c) = (
+            self.compartment_path(&compartment.compartment_id),
+            compartment.clone(),
+        );
+        let attachment = self.attachment_path(&compartment.compartment_id);
+        blocking(move || {
+            let mut stored = c.clone();
+            stored.external_key_id = None;
+            let bytes = serde_json::to_vec_pretty(&stored)
+                .map_err(|e| Error::configuration(e.to_string()))?;
+            if !create_once(&path, &bytes)? {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("compartment {} exists", c.compartment_id),
+                ));
+            }
+            if let Some(key) = &c.external_key_id {
+                create_once(&attachment, key.as_str().as_bytes())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn compartment(&self, id: &CompartmentId) -> Result<Option<Compartment>> {
+        let (path, attachments) = (self.compartment_path(id), self.root.join("attachments"));
+        blocking(move || load_compartment(&path, &attachments)).await
+    }
+
+    async fn compartments(&self) -> Result<Vec<Compartment>> {
+        let (dir, attachments) = (
+            self.root.join("compartments"),
+            self.root.join("attachments"),
+        );
+        blocking(move || {
+            let mut all = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "json")
+                    && let Some(c) = load_compartment(&path, &attachments)?
+                {
+                    all.push(c);
+                }
+            }
+            all.sort_by(|a, b| {
+                a.created_at
+                    .cmp(&b.created_at)
+                    .then(a.compartment_id.cmp(&b.compartment_id))
+            });
+            Ok(all)
+        })
+        .await
+    }
+
+    async fn attach(
+        &self,
+        id: &CompartmentId,
+        key: &ExternalKeyId,
+        at: OffsetDateTime,
+    ) -> Result<Compartment> {
+        let (path, attachment_path, attachments) = (
+            self.compartment_path(id),
+            self.attachment_path(id),
+            self.root.join("attachments"),
+        );
+        let (id, key) = (id.clone(), key.clone());
+        blocking(move || {
+            let Some(mut c): Option<Compartment> = read_json(&path)? else {
+                return Err(Error::not_found(format!("no compartment {id}")));
+            };
+            if !create_once(&attachment_path, key.as_str().as_bytes())? {
+                let existing = attachment(&attachment_path)?
+                    .ok_or_else(|| Error::transient("attachment vanished"))?;
+                if existing != key {
+                    return Err(conflict(&id, &existing));
+                }
+                return load_compartment(&path, &attachments)?
+                    .ok_or_else(|| Error::not_found(format!("no compartment {id}")));
+            }
+            c.updated_at = at;
+            c.external_key_id = None;
+            write_json(&path, &c)?;
+            c.external_key_id = Some(key);
+            Ok(c)
+        })
+        .await
+    }
+
+    async fn put_rewrap_job(&self, job: &RewrapJob) -> Result<()> {
+        let (path, job) = (self.job_path(&job.external_key_id), job.clone());
+        blocking(move || write_json(&path, &job)).await
+    }
+
+    async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>> {
+        let path = self.job_path(key);
+        blocking(move || read_json(&path)).await
+    }
+}

@@ -1,0 +1,720 @@
+//! The CMEK control plane: what a storage service needs to offer customer-managed keys.
+//!
+//! * **External key configurations** ([`ExternalKey`], JSON as in the reference API):
+//!   created from a [`CreateExternalKey`] with field-level validation, validated with a real
+//!   round trip ([`ControlPlane::validate_external_key`]), rotated to a new KMS key
+//!   (OpenAI-style, [`ControlPlane::rotate_external_key`]), deleted (deactivated).
+//! * **Compartments** ([`Compartment`]): a UUID v4 each; a write-once `external_key_id`. Data
+//!   written before a key is attached stays under the provider-managed key and stays readable.
+//! * **Rewrap** of stored DEK records after a rotation ([`ControlPlane::rewrap`]).
+//! * **Audit events** for every change ([`audit`]).
+//! * The [`Client`] it hands out resolves every compartment's key through it.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> cmek::Result<()> {
+//! use std::sync::Arc;
+//! use cmek::control::{Actor, ControlPlane, CreateExternalKey, ProviderConfig, MemoryControlStore, MemoryAuditSink};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let kek = dir.path().join("customer-kek.json");
+//! cmek::LocalKms::create(&kek, "local:customer")?;
+//! let plane = ControlPlane::builder()
+//!     .store(Arc::new(MemoryControlStore::new()))
+//!     .audit(Arc::new(MemoryAuditSink::new()))
+//!     .provider_managed(Arc::new(cmek::LocalKms::generate("local:provider")?))
+//!     .build()?;
+//! let admin = Actor::new("admin@example.com");
+//! let key = plane
+//!     .create_external_key(&admin, CreateExternalKey::new("customer key", ProviderConfig::Local {
+//!         key_file: kek.display().to_string(),
+//!     }))
+//!     .await?;
+//! assert_eq!(plane.validate_external_key(&admin, &key.id).await?.error, None);
+//! let workspace = plane.create_compartment(&admin, None).await?;
+//! plane.attach_external_key(&admin, &workspace.compartment_id, &key.id).await?;
+//! let envelope = plane.client().encrypt(&workspace.compartment_id, b"data", b"").await?;
+//! # let _ = envelope; Ok(()) }
+//! ```
+
+pub mod audit;
+mod factory;
+mod file_store;
+mod model;
+mod rewrap;
+mod store;
+mod validation;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+pub use audit::{
+    Actor, AuditEvent, AuditSink, JsonLinesAuditSink, MemoryAuditSink, Outcome, TracingAuditSink,
+};
+pub use factory::{BackendFactory, DefaultBackendFactory, RotatingBackend};
+pub use file_store::FileControlStore;
+pub use model::{
+    Compartment, CreateExternalKey, ExternalKey, ExternalKeyId, ExternalKeyType, ProviderConfig,
+    ValidationFailure, ValidationRecord, ValidationResult, ValidationStatus,
+};
+pub use rewrap::RewrapJob;
+pub use store::{ControlStore, MemoryControlStore};
+pub use validation::VALIDATION_COMPARTMENT;
+
+use crate::cache::CacheConfig;
+use crate::client::Client;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{CompartmentId, KeyConfigId};
+use crate::kms::{KeyBinding, KeyResolver, KmsBackend, RetryPolicy};
+use crate::store::{DekStore, MemoryDekStore};
+
+/// The key configuration id of the provider-managed key.
+pub const PROVIDER_MANAGED: &str = "provider-managed";
+
+/// The control plane. Cheap to share by reference; its [`Client`] is cheap to clone.
+pub struct ControlPlane {
+    inner: Arc<Plane>,
+    client: Client,
+}
+
+struct Plane {
+    store: Arc<dyn ControlStore>,
+    dek_store: Arc<dyn DekStore>,
+    audit: Arc<dyn AuditSink>,
+    factory: Arc<dyn BackendFactory>,
+    provider_managed: KeyBinding,
+    retry: RetryPolicy,
+    /// Backends by configuration.
+    backends: Mutex<HashMap<ExternalKeyId, BuiltBackend>>,
+}
+
+/// A configuration's backend and the key references (current, then earlier) it was built for.
+#[derive(Clone)]
+struct BuiltBackend {
+    key_refs: Vec<String>,
+    backend: Arc<dyn KmsBackend>,
+}
+
+impl fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("store", &self.inner.store)
+            .field("audit", &self.inner.audit)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Plane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ControlPlane`].
+#[derive(Default)]
+#[must_use]
+pub struct ControlPlaneBuilder {
+    store: Option<Arc<dyn ControlStore>>,
+    dek_store: Option<Arc<dyn DekStore>>,
+    audit: Option<Arc<dyn AuditSink>>,
+    factory: Option<Arc<dyn BackendFactory>>,
+    provider_managed: Option<Arc<dyn KmsBackend>>,
+    cache: CacheConfig,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for ControlPlaneBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlaneBuilder")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlaneBuilder {
+    /// Where configurations and compartments live (required).
+    pub fn store(mut self, store: Arc<dyn ControlStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Where DEK records live (default: in memory).
+    pub fn dek_store(mut self, store: Arc<dyn DekStore>) -> Self {
+        self.dek_store = Some(store);
+        self
+    }
+
+    /// Where audit events go (default: `tracing`).
+    pub fn audit(mut self, audit: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// How provider configurations become backends (default: [`DefaultBackendFactory`]).
+    pub fn factory(mut self, factory: Arc<dyn BackendFactory>) -> Self {
+        self.factory = Some(factory);
+        self
+    }
+
+    /// The provider-managed key: compartments without an external key use it (required).
+    pub fn provider_managed(mut self, backend: Arc<dyn KmsBackend>) -> Self {
+        self.provider_managed = Some(backend);
+        self
+    }
+
+    /// The data-key cache limits of the client.
+    pub fn cache(mut self, cache: CacheConfig) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Retries of KMS calls (client and validation).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Builds the control plane and its client.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Configuration`] without a store or provider-managed key.
+    pub fn build(self) -> Result<ControlPlane> {
+        let store = self
+            .store
+            .ok_or_else(|| Error::configuration("ControlPlane needs a store"))?;
+        let provider_managed = self
+            .provider_managed
+            .ok_or_else(|| Error::configuration("ControlPlane needs a provider-managed key"))?;
+        let dek_store = self
+            .dek_store
+            .unwrap_or_else(|| Arc::new(MemoryDekStore::new()));
+        let inner = Arc::new(Plane {
+            store,
+            dek_store: dek_store.clone(),
+            audit: self.audit.unwrap_or_else(|| Arc::new(TracingAuditSink)),
+            factory: self
+                .factory
+                .unwrap_or_else(|| Arc::new(DefaultBackendFactory::new())),
+            provider_managed: KeyBinding::new(
+                KeyConfigId::new(PROVIDER_MANAGED)?,
+                provider_managed,
+            ),
+            retry: self.retry.clone(),
+            backends: Mutex::new(HashMap::new()),
+        });
+        let client = Client::builder()
+            .key_resolver(inner.clone())
+            .dek_store(dek_store)
+            .cache(self.cache)
+            .retry(self.retry)
+            .build()?;
+        Ok(ControlPlane { inner, client })
+    }
+}
+
+impl Plane {
+    fn record(&self, event: AuditEvent) -> Result<()> {
+        self.audit.record(&event)
+    }
+
+    async fn key(&self, id: &ExternalKeyId) -> Result<ExternalKey> {
+        self.store
+            .external_key(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no external key {id}")))
+    }
+
+    /// The backend of a configuration: current and earlier keys, watched for revocation.
+    async fn backend(&self, key: &ExternalKey) -> Result<Arc<dyn KmsBackend>> {
+        let refs: Vec<String> = std::iter::once(&key.provider_config)
+            .chain(&key.previous_provider_configs)
+            .map(ProviderConfig::key_ref)
+            .collect();
+        if let Some(built) = self
+            .backends
+            .lock()
+            .ok()
+            .and_then(|b| b.get(&key.id).cloned())
+            && built.key_refs == refs
+        {
+            return Ok(built.backend);
+        }
+        let current = self.factory.backend(&key.provider_config).await?;
+        let mut previous = Vec::new();
+        for config in key.previous_provider_configs.iter().rev() {
+            previous.push(self.factory.backend(config).await?);
+        }
+        let rotating = RotatingBackend::new(current, previous).await?;
+        let backend: Arc<dyn KmsBackend> = Arc::new(factory::RevocationWatch {
+            inner: Arc::new(rotating),
+            key: key.id.clone(),
+            audit: self.audit.clone(),
+            last: Mutex::new(None),
+        });
+        if let Ok(mut b) = self.backends.lock() {
+            b.insert(
+                key.id.clone(),
+                BuiltBackend {
+                    key_refs: refs,
+                    backend: backend.clone(),
+                },
+            );
+        }
+        Ok(backend)
+    }
+}
+
+#[async_trait]
+impl KeyResolver for Plane {
+    async fn encryption_key(&self, compartment: &CompartmentId) -> Result<KeyBinding> {
+        let c = self
+            .store
+            .compartment(compartment)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no compartment {compartment}")))?;
+        let Some(id) = c.external_key_id else {
+            return Ok(self.provider_managed.clone());
+        };
+        let key = self.key(&id).await?;
+        if key.is_deleted() {
+            return Err(Error::revoked(format!(
+                "external key {id} is deleted: no new data may be written under it"
+            )));
+        }
+        Ok(KeyBinding::new(key.key_config(), self.backend(&key).await?))
+    }
+
+    async fn decryption_key(
+        &self,
+        _compartment: &CompartmentId,
+        key_config: &KeyConfigId,
+    ) -> Result<Arc<dyn KmsBackend>> {
+        if *key_config == self.provider_managed.key_config {
+            return Ok(self.provider_managed.backend.clone());
+        }
+        let id = ExternalKeyId::new(key_config.as_str())
+            .map_err(|_| Error::not_found(format!("unknown key configuration {key_config}")))?;
+        // Deleted configurations still decrypt while their KMS key is reachable.
+        self.backend(&self.key(&id).await?).await
+    }
+}
+
+/// The current time to microsecond precision, as the reference API prints it.
+pub(crate) fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(t)
+}
+
+impl ControlPlane {
+    /// Starts building a control plane.
+    pub fn builder() -> ControlPlaneBuilder {
+        ControlPlaneBuilder {
+            retry: RetryPolicy::default(),
+            ..ControlPlaneBuilder::default()
+        }
+    }
+
+    /// The client that encrypts and decrypts compartments' data under their keys.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `op`, recording its outcome as an audit event.
+    async fn audited<T>(
+        &self,
+        event: AuditEvent,
+        op: impl std::future::Future<Output = Result<T>>,
+        detail: impl FnOnce(&T) -> Option<String>,
+    ) -> Result<T> {
+        match op.await {
+            Ok(value) => {
+                let mut event = event;
+                event.detail = detail(&value);
+                self.inner.record(event)?;
+                Ok(value)
+            }
+            Err(e) => {
+                let mut event = event;
+                event.outcome = Outcome::Failure;
+                event.detail = Some(e.to_string());
+                self.inner.record(event)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates an external key configuration (`POST /external_keys`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Validation`] naming the bad field; the store's errors.
+    pub async fn create_external_key(
+        &self,
+        actor: &Actor,
+        request: CreateExternalKey,
+    ) -> Result<ExternalKey> {
+        let event = AuditEvent::new(actor, "external_key.create", Outcome::Success);
+        let mut request = request;
+        let op = async {
+            request.validate()?;
+            let at = now();
+            let key = ExternalKey {
+                id: ExternalKeyId::generate()?,
+                kind: ExternalKeyType::ExternalKey,
+                display_name: request.display_name.clone(),
+                geo: request.geo.clone().unwrap_or_else(|| "us".to_owned()),
+                provider_config: request.provider_config.clone(),
+                created_at: at,
+                updated_at: at,
+                previous_provider_configs: Vec::new(),
+                last_validation: None,
+                deleted_at: None,
+            };
+            self.inner.store.insert_external_key(&key).await?;
+            Ok(key)
+        };
+        let key = self
+            .audited(event, op, |k| {
+                Some(format!(
+                    "created {} ({})",
+                    k.id,
+                    k.provider_config.provider()
+                ))
+            })
+            .await?;
+        Ok(key)
+    }
+
+    /// A configuration.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`].
+    pub async fn external_key(&self, id: &ExternalKeyId) -> Result<ExternalKey> {
+        self.inner.key(id).await
+    }
+
+    /// Every configuration (deleted ones too).
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub async fn external_keys(&self) -> Result<Vec<ExternalKey>> {
+        self.inner.store.external_keys().await
+    }
+
+    /// Validates a configuration (`POST /external_keys/{id}/validate`): the backend's key checks,
+    /// an encrypt/decrypt round trip under the compartment [`VALIDATION_COMPARTMENT`], and a
+    /// check that the key binds data keys to compartments. The outcome is recorded on the
+    /// configuration; attaching requires a success.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for an unknown configuration. Validation failures are not errors:
+    /// they come back classified in the result.
+    pub async fn validate_external_key(
+        &self,
+        actor: &Actor,
+        id: &ExternalKeyId,
+    ) -> Result<ValidationResult> {
+        let mut key = self.inner.key(id).await?;
+        let result = match self.inner.backend(&key).await {
+            Ok(backend) => {
+                validation::validate(backend.as_ref(), &key.key_config(), &self.inner.retry).await
+            }
+            Err(e) => validation::classify(&e),
+        };
+        key.last_validation = Some(ValidationRecord {
+            status: result.status,
+            at: now(),
+            key_ref: key.provider_config.key_ref(),
+        });
+        key.updated_at = now();
+        self.inner.store.update_external_key(&key).await?;
+        let outcome = if result.status == ValidationStatus::Success {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let mut event = AuditEvent::new(actor, "external_key.validate", outcome).key(id);
+        if let Some(e) = &result.error {
+            event = event.detail(format!("{}: {}", e.kind, e.message));
+        }
+        self.inner.record(event)?;
+        Ok(result)
+    }
+
+    /// Moves a configuration to a new KMS key of the same provider (`POST
+    /// /external_keys/{id}/rotate`, OpenAI style). The new key is validated first; new data
+    /// goes under it at once; data under the earlier keys stays readable (and
+    /// [`ControlPlane::rewrap`] moves DEK records over).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Validation`] for a bad or failing new configuration or another provider.
+    pub async fn rotate_external_key(
+        &self,
+        actor: &Actor,
+        id: &ExternalKeyId,
+        provider_config: ProviderConfig,
+    ) -> Result<ExternalKey> {
+        let event = AuditEvent::new(actor, "external_key.rotate", Outcome::Success).key(id);
+        let op = async {
+            let mut key = self.inner.key(id).await?;
+            if key.is_deleted() {
+                return Err(Error::new(
+                    ErrorKind::Validation,
+                    format!("external key {id} is deleted"),
+                ));
+            }
+            let mut config = provider_config;
+            config.validate()?;
+            if config.provider() != key.provider_config.provider() {
+                return Err(Error::new(
+                    ErrorKind::Validation,
+                    format!(
+                        "provider_config.type: a {} key rotates to another {} key",
+                        key.provider_config.provider(),
+                        key.provider_config.provider()
+                    ),
+                ));
+            }
+            let backend = self.inner.factory.backend(&config).await?;
+            let result =
+                validation::validate(backend.as_ref(), &key.key_config(), &self.inner.retry).await;
+            if let Some(e) = result.error {
+                return Err(Error::new(
+                    ErrorKind::Validation,
+                    format!("the new key failed validation: {}: {}", e.kind, e.message),
+                ));
+            }
+            let at = now();
+            let old = std::mem::replace(&mut key.provider_config, config);
+            key.previous_provider_configs.push(old);
+            key.last_validation = Some(ValidationRecord {
+                status: ValidationStatus::Success,
+                at,
+                key_ref: key.provider_config.key_ref(),
+            });
+            key.updated_at = at;
+            self.inner.store.update_external_key(&key).await?;
+            self.client.retire(&key.key_config());
+            Ok(key)
+        };
+        self.audited(event, op, |k| {
+            Some(format!("now {}", k.provider_config.key_ref()))
+        })
+        .await
+    }
+
+    /// Deletes (deactivates) a configuration: no new data goes under it from now on; existing
+    /// data stays readable while the KMS key is reachable. A configuration attached to
+    /// compartments is refused unless `force`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::AlreadyExists`] (409, conflict) when attached and not forced.
+    pub async fn delete_external_key(
+        &self,
+        actor: &Actor,
+        id: &ExternalKeyId,
+        force: bool,
+    ) -> Result<ExternalKey> {
+        let event = AuditEvent::new(actor, "external_key.delete", Outcome::Success).key(id);
+        let op = async {
+            let mut key = self.inner.key(id).await?;
+            let attached = self.attached_compartments(id).await?;
+            if !attached.is_empty() && !force {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "external key {id} is attached to {} compartment(s); delete with force to stop their new writes",
+                        attached.len()
+                    ),
+                ));
+            }
+            if key.deleted_at.is_none() {
+                key.deleted_at = Some(now());
+                key.updated_at = now();
+                self.inner.store.update_external_key(&key).await?;
+            }
+            self.client.retire(&key.key_config());
+            Ok(key)
+        };
+        self.audited(event, op, |_| None).await
+    }
+
+    /// Creates a compartment, optionally with an external key (which must be validated).
+    ///
+    /// # Errors
+    /// As for [`ControlPlane::attach_external_key`].
+    pub async fn create_compartment(
+        &self,
+        actor: &Actor,
+        external_key_id: Option<&ExternalKeyId>,
+    ) -> Result<Compartment> {
+        let event = AuditEvent::new(actor, "compartment.create", Outcome::Success);
+        let op = async {
+            let mut c = Compartment::new(now())?;
+            if let Some(id) = external_key_id {
+                self.attachable(id).await?;
+                c.external_key_id = Some(id.clone());
+            }
+            self.inner.store.insert_compartment(&c).await?;
+            Ok(c)
+        };
+        let event = match external_key_id {
+            Some(id) => event.key(id),
+            None => event,
+        };
+        self.audited(event, op, |c| Some(format!("created {}", c.compartment_id)))
+            .await
+    }
+
+    /// A compartment.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`].
+    pub async fn compartment(&self, id: &CompartmentId) -> Result<Compartment> {
+        self.inner
+            .store
+            .compartment(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no compartment {id}")))
+    }
+
+    /// Every compartment.
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub async fn compartments(&self) -> Result<Vec<Compartment>> {
+        self.inner.store.compartments().await
+    }
+
+    async fn attachable(&self, id: &ExternalKeyId) -> Result<ExternalKey> {
+        let key = self.inner.key(id).await?;
+        if key.is_deleted() {
+            return Err(Error::new(
+                ErrorKind::Validation,
+                format!("external_key_id: {id} is deleted"),
+            ));
+        }
+        if !key.is_validated() {
+            return Err(Error::new(
+                ErrorKind::Validation,
+                format!("external_key_id: {id} has not passed validation; validate it first"),
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Attaches a validated external key to a compartment, once. Setting the same key again is
+    /// a no-op; another key fails with [`ErrorKind::AlreadyExists`]. New data of the compartment
+    /// goes under the key from now on; earlier data stays under the provider-managed key.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`], [`ErrorKind::Validation`] (not validated or deleted),
+    /// [`ErrorKind::AlreadyExists`] (another key is attached).
+    pub async fn attach_external_key(
+        &self,
+        actor: &Actor,
+        compartment: &CompartmentId,
+        id: &ExternalKeyId,
+    ) -> Result<Compartment> {
+        let event = AuditEvent::new(actor, "compartment.attach", Outcome::Success)
+            .key(id)
+            .compartment(compartment);
+        let op = async {
+            self.attachable(id).await?;
+            let c = self.inner.store.attach(compartment, id, now()).await?;
+            self.client.purge(compartment);
+            Ok(c)
+        };
+        self.audited(event, op, |_| None).await
+    }
+
+    async fn attached_compartments(&self, id: &ExternalKeyId) -> Result<Vec<CompartmentId>> {
+        let mut ids: Vec<CompartmentId> = self
+            .inner
+            .store
+            .compartments()
+            .await?
+            .into_iter()
+            .filter(|c| c.external_key_id.as_ref() == Some(id))
+            .map(|c| c.compartment_id)
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Re-wraps the stored DEK records of every compartment attached to `id` under its current
+    /// KMS key, `batch` records at a time, calling `progress` after each batch. Resumes an
+    /// interrupted run; records already under the current key are skipped.
+    ///
+    /// # Errors
+    /// The first KMS or store error (progress up to the last full batch is kept).
+    pub async fn rewrap(
+        &self,
+        actor: &Actor,
+        id: &ExternalKeyId,
+        batch: usize,
+        mut progress: impl FnMut(&RewrapJob),
+    ) -> Result<RewrapJob> {
+        let key = self.inner.key(id).await?;
+        let backend = self.inner.backend(&key).await?;
+        let target = backend.describe().await?.key_id;
+        let mut job = match self.inner.store.rewrap_job(id).await? {
+            Some(job) if job.target_key_ref == target && job.finished_at.is_none() => job,
+            _ => RewrapJob::new(id.clone(), target.clone()),
+        };
+        self.inner.record(
+            AuditEvent::new(actor, "rewrap.start", Outcome::Success)
+                .key(id)
+                .detail(format!("to {target}, from {:?}", job.cursor)),
+        )?;
+        let compartments = self.attached_compartments(id).await?;
+        let store = self.inner.store.clone();
+        let outcome = rewrap::run(
+            &mut job,
+            &compartments,
+            &self.inner.dek_store,
+            &backend,
+            &key.key_config(),
+            batch,
+            async |job: &RewrapJob| {
+                store.put_rewrap_job(job).await?;
+                progress(job);
+                Ok(())
+            },
+        )
+        .await;
+        let summary = |job: &RewrapJob| {
+            format!(
+                "examined {}, rewrapped {}, already current {}",
+                job.examined, job.rewrapped, job.already_current
+            )
+        };
+        match outcome {
+            Ok(()) => {
+                job.finished_at = Some(now());
+                self.inner.store.put_rewrap_job(&job).await?;
+                self.inner.record(
+                    AuditEvent::new(actor, "rewrap.complete", Outcome::Success)
+                        .key(id)
+                        .detail(summary(&job)),
+                )?;
+                Ok(job)
+            }
+            Err(e) => {
+                self.inner.store.put_rewrap_job(&job).await?;
+                self.inner.record(
+                    AuditEvent::new(actor, "rewrap.complete", Outcome::Failure)
+                        .key(id)
+                        .detail(format!("{}; interrupted: {e}", summary(&job))),
+                )?;
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Rewrap: after a configuration is rotated to a new KMS key, re-wrap its stored DEK records
+//! under the new key without touching data. Batched (each batch's DEKs in parallel),
+//! checkpointed after every batch, idempotent (records already under the new key are skipped)
+//! and resumable (a rerun continues after the last checkpoint).
+//!
+//! Compact envelopes stay readable throughout: they authenticate the DEK record's identity
+//! (DEK id, compartment, commitment), not its wrapping. Self-contained envelopes carry their own
+//! wrapped DEK and stay readable while the earlier key is reachable.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::model::ExternalKeyId;
+use crate::error::Result;
+use crate::format::DekRecord;
+use crate::ids::{CompartmentId, DekId, KeyConfigId};
+use crate::kms::{KmsBackend, WrapContext};
+use crate::store::DekStore;
+
+/// The progress of rewrapping one configuration's DEK records (persisted after every batch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RewrapJob {
+    /// The configuration.
+    pub external_key_id: ExternalKeyId,
+    /// The key reference records are moved to.
+    pub target_key_ref: String,
+    /// The last record done: (compartment, DEK id in hex).
+    pub cursor: Option<(String, String)>,
+    /// Records looked at.
+    pub examined: u64,
+    /// Records re-wrapped.
+    pub rewrapped: u64,
+    /// Records already under the target key.
+    pub already_current: u64,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// When it finished, or `null` while under way or interrupted.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl RewrapJob {
+    pub(crate) fn new(key: ExternalKeyId, target_key_ref: String) -> Self {
+        Self {
+            external_key_id: key,
+            target_key_ref,
+            cursor: None,
+            examined: 0,
+            rewrapped: 0,
+            already_current: 0,
+            started_at: super::now(),
+            finished_at: None,
+        }
+    }
+
+    fn is_after_cursor(&self, compartment: &CompartmentId, id: &DekId) -> bool {
+        match &self.cursor {
+            None => true,
+            Some((c, d)) => (compartment.as_str(), id.to_hex().as_str()) > (c.as_str(), d.as_str()),
+        }
+    }
+}
+
+/// Re-wraps one record if it is not under the target key yet; `true` if it was re-wrapped.
+async fn rewrap_one(
+    store: &dyn DekStore,
+    backend: &dyn KmsBackend,
+    key_config: &KeyConfigId,
+    target: &str,
+    record: DekRecord,
+) -> Result<bool> {
+    if record.wrapped().key_id == target {
+        return Ok(false);
+    }
+    let context = WrapContext::new(record.compartment(), key_config);
+    let dek = backend.unwrap(record.wrapped(), &context).await?;
+    let wrapped = backend.wrap(&dek, &context).await?;
+    drop(dek);
+    store
+        .put(&record.with_wrapping(key_config.clone(), wrapped))
+        .await?;
+    Ok(true)
+}
+
+/// Walks the records of `compartments` (sorted) from the job's cursor, `batch` at a time.
+pub(crate) async fn run(
+    job: &mut RewrapJob,
+    compartments: &[CompartmentId],
+    store: &Arc<dyn DekStore>,
+    backend: &Arc<dyn KmsBackend>,
+    key_config: &KeyConfigId,
+    batch: usize,
+    mut checkpoint: impl AsyncFnMut(&RewrapJob) -> Result<()>,
+) -> Result<()> {
+    for compartment in compartments {
+        let mut ids = store.list(compartment).await?;
+        ids.sort();
+        ids.retain(|id| job.is_after_cursor(compartment, id));
+        for chunk in ids.chunks(batch.max(1)) {
+            let mut records = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                if let Some(record) = store.get(compartment, id).await?
+                    && record.key_config() == key_config
+                {
+                    records.push(record);
+                }
+            }
+            let outcomes = join_all(records.into_iter().map(|record| {
+                rewrap_one(
+                    store.as_ref(),
+                    backend.as_ref(),
+                    key_config,
+                    &job.target_key_ref,
+                    record,
+                )
+            }))
+            .await;
+            // Count every record that made it, then report the first failure without moving
+            // the cursor: a rerun redoes this batch, finding the finished ones already current.
+            let mut first_error = None;
+            for outcome in outcomes {
+                match outcome {
+                    Ok(rewrapped) => {
+                        job.examined += 1;
+                        if rewrapped {
+                            job.rewrapped += 1;
+                        } else {
+                            job.already_current += 1;
+                        }
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            if let Some(last) = chunk.last() {
+                job.cursor = Some((compartment.to_string(), last.to_hex()));
+            }
+            checkpoint(job).await?;
+        }
+    }
+    Ok(())
+}

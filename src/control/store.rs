@@ -1,0 +1,214 @@
+//! Where the control plane keeps its state: the [`ControlStore`] trait and an in-memory store.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::model::{Compartment, ExternalKey, ExternalKeyId};
+use super::rewrap::RewrapJob;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::CompartmentId;
+
+/// Persists external key configurations, compartments and rewrap jobs.
+///
+/// `attach` must be atomic: however many writers race, a compartment's key is set at most once.
+#[async_trait]
+pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
+    /// Adds a configuration.
+    ///
+    /// # Errors
+    /// [`ErrorKind::AlreadyExists`] if its id is taken.
+    async fn insert_external_key(&self, key: &ExternalKey) -> Result<()>;
+
+    /// Replaces a configuration.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] if it does not exist.
+    async fn update_external_key(&self, key: &ExternalKey) -> Result<()>;
+
+    /// Loads a configuration.
+    ///
+    /// # Errors
+    /// The store's failure.
+    async fn external_key(&self, id: &ExternalKeyId) -> Result<Option<ExternalKey>>;
+
+    /// Every configuration, deleted ones included.
+    ///
+    /// # Errors
+    /// The store's failure.
+    async fn external_keys(&self) -> Result<Vec<ExternalKey>>;
+
+    /// Adds a compartment.
+    ///
+    /// # Errors
+    /// [`ErrorKind::AlreadyExists`] if its id is taken.
+    async fn insert_compartment(&self, compartment: &Compartment) -> Result<()>;
+
+    /// Loads a compartment.
+    ///
+    /// # Errors
+    /// The store's failure.
+    async fn compartment(&self, id: &CompartmentId) -> Result<Option<Compartment>>;
+
+    /// Every compartment.
+    ///
+    /// # Errors
+    /// The store's failure.
+    async fn compartments(&self) -> Result<Vec<Compartment>>;
+
+    /// Sets a compartment's external key, once: setting the same key again returns the
+    /// compartment unchanged; another key fails with [`ErrorKind::AlreadyExists`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] for an unknown compartment; the conflict above.
+    async fn attach(
+        &self,
+        id: &CompartmentId,
+        key: &ExternalKeyId,
+        at: OffsetDateTime,
+    ) -> Result<Compartment>;
+
+    /// Saves a rewrap job's progress.
+    ///
+    /// # Errors
+    /// The store's failure.
+    async fn put_rewrap_job(&self, job: &RewrapJob) -> Result<()>;
+
+    /// Loads the rewrap job of a configuration.
+    ///
+    /// # Errors
+    /// The store's failure.
+    async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>>;
+}
+
+pub(crate) fn conflict(id: &CompartmentId, attached: &ExternalKeyId) -> Error {
+    Error::new(
+        ErrorKind::AlreadyExists,
+        format!(
+            "compartment {id} already has external key {attached}; the attachment is write-once"
+        ),
+    )
+}
+
+/// Keeps everything in memory (tests, or a cache in front of a database).
+#[derive(Debug, Default)]
+pub struct MemoryControlStore {
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    keys: HashMap<ExternalKeyId, ExternalKey>,
+    compartments: HashMap<CompartmentId, Compartment>,
+    jobs: HashMap<ExternalKeyId, RewrapJob>,
+}
+
+impl MemoryControlStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl ControlStore for MemoryControlStore {
+    async fn insert_external_key(&self, key: &ExternalKey) -> Result<()> {
+        let mut s = self.lock();
+        if s.keys.contains_key(&key.id) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("external key {} exists", key.id),
+            ));
+        }
+        s.keys.insert(key.id.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn update_external_key(&self, key: &ExternalKey) -> Result<()> {
+        let mut s = self.lock();
+        match s.keys.get_mut(&key.id) {
+            Some(slot) => {
+                *slot = key.clone();
+                Ok(())
+            }
+            None => Err(Error::not_found(format!("no external key {}", key.id))),
+        }
+    }
+
+    async fn external_key(&self, id: &ExternalKeyId) -> Result<Option<ExternalKey>> {
+        Ok(self.lock().keys.get(id).cloned())
+    }
+
+    async fn external_keys(&self) -> Result<Vec<ExternalKey>> {
+        let mut keys: Vec<_> = self.lock().keys.values().cloned().collect();
+        keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(keys)
+    }
+
+    async fn insert_compartment(&self, compartment: &Compartment) -> Result<()> {
+        let mut s = self.lock();
+        if s.compartments.contains_key(&compartment.compartment_id) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("compartment {} exists", compartment.compartment_id),
+            ));
+        }
+        s.compartments
+            .insert(compartment.compartment_id.clone(), compartment.clone());
+        Ok(())
+    }
+
+    async fn compartment(&self, id: &CompartmentId) -> Result<Option<Compartment>> {
+        Ok(self.lock().compartments.get(id).cloned())
+    }
+
+    async fn compartments(&self) -> Result<Vec<Compartment>> {
+        let mut all: Vec<_> = self.lock().compartments.values().cloned().collect();
+        all.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.compartment_id.cmp(&b.compartment_id))
+        });
+        Ok(all)
+    }
+
+    async fn attach(
+        &self,
+        id: &CompartmentId,
+        key: &ExternalKeyId,
+        at: OffsetDateTime,
+    ) -> Result<Compartment> {
+        let mut s = self.lock();
+        let c = s
+            .compartments
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("no compartment {id}")))?;
+        match &c.external_key_id {
+            Some(existing) if existing == key => Ok(c.clone()),
+            Some(existing) => Err(conflict(id, existing)),
+            None => {
+                c.external_key_id = Some(key.clone());
+                c.updated_at = at;
+                Ok(c.clone())
+            }
+        }
+    }
+
+    async fn put_rewrap_job(&self, job: &RewrapJob) -> Result<()> {
+        self.lock()
+            .jobs
+            .insert(job.external_key_id.clone(), job.clone());
+        Ok(())
+    }
+
+    async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>> {
+        Ok(self.lock().jobs.get(key).cloned())
+    }
+}
