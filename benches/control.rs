@@ -105,7 +105,13 @@ fn hot_path(cr: &mut Criterion) {
     block(&rt, client.encrypt(c, b"warm", b"")).unwrap();
     let mut env = Vec::new();
     g.bench_function("control-plane-client-compact", |b| {
-        b.iter(|| block(&rt, client.encrypt_compact_into(c, black_box(&pt), b"", &mut env)).unwrap())
+        b.iter(|| {
+            block(
+                &rt,
+                client.encrypt_compact_into(c, black_box(&pt), b"", &mut env),
+            )
+            .unwrap()
+        })
     });
     g.finish();
 }
@@ -119,7 +125,10 @@ fn rewrap(cr: &mut Criterion) {
     g.throughput(Throughput::Elements(RECORDS as u64));
     for latency in [Duration::ZERO, Duration::from_millis(1)] {
         for batch in [1, 10, 100] {
-            let id = BenchmarkId::new(format!("{}ms", latency.as_millis()), format!("batch-{batch}"));
+            let id = BenchmarkId::new(
+                format!("{}ms", latency.as_millis()),
+                format!("batch-{batch}"),
+            );
             g.bench_function(id, |b| {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
@@ -165,7 +174,10 @@ fn validate(cr: &mut Criterion) {
     let (plane, _keys, key, _) = rt.block_on(plane(CacheConfig::default(), 0));
     let admin = Actor::new("bench");
     cr.bench_function("validate/local", |b| {
-        b.iter(|| rt.block_on(plane.validate_external_key(&admin, &key.id)).unwrap())
+        b.iter(|| {
+            rt.block_on(plane.validate_external_key(&admin, &key.id))
+                .unwrap()
+        })
     });
 }
 

@@ -937,6 +937,8 @@ async fn rotating_the_key_material_keeps_old_data_readable() {
 async fn rotate_then_rewrap_keeps_everything_readable_and_resumes_after_a_failure() {
     let mut cache = CacheConfig::default();
     cache.encrypt_max_messages = 5;
+    // No background refreshes: the DEK records counted below are exactly the ones written.
+    cache.refresh_fraction = 1.0;
     let f = fixture_with(Arc::new(MemoryControlStore::new()), cache);
     let (key, old_kms) = f.validated_key("old").await;
     let client = f.plane.client();
@@ -1054,8 +1056,12 @@ async fn rotate_then_rewrap_keeps_everything_readable_and_resumes_after_a_failur
         );
     }
 
-    // The rerun resumes after the last checkpoint and finishes.
+    // The rerun resumes after the last checkpoint and finishes; throttling is retried.
     new_kms.clear_faults();
+    new_kms.push_faults([
+        Fault::Fail(ErrorKind::Throttled),
+        Fault::Fail(ErrorKind::Transient),
+    ]);
     let progress = Mutex::new(Vec::<RewrapJob>::new());
     let done = f
         .plane
@@ -1194,6 +1200,38 @@ async fn deleting_an_attached_key_needs_force_and_stops_new_encryptions_at_once(
     assert!(
         f.actions()
             .contains(&("external_key.delete".to_owned(), Outcome::Failure))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_key_made_while_its_key_is_deleted_is_not_used() {
+    let f = fixture();
+    let (key, kms) = f.validated_key("customer").await;
+    let c = f.compartment(Some(&key.id)).await;
+    kms.set_latency(Duration::from_millis(300));
+    let client = f.plane.client().clone();
+    let first = tokio::spawn({
+        let (client, c) = (client.clone(), c.clone());
+        async move { client.encrypt(&c, b"racing the deletion", b"").await }
+    });
+    // The encryption is waiting on the KMS for its data key when the key is deleted.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        kms.wrap_calls(),
+        2,
+        "validation's wrap and the encryption's"
+    );
+    f.plane
+        .delete_external_key(&f.admin, &key.id, true)
+        .await
+        .unwrap();
+    let err = first.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KeyRevoked, "{err}");
+    let err = client.encrypt(&c, b"after", b"").await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::KeyRevoked,
+        "no data key of a deleted configuration is cached: {err}"
     );
 }
 

@@ -23,7 +23,14 @@ pub(crate) struct EncryptLimits {
 impl EncryptLimits {
     fn new(c: &CacheConfig) -> Self {
         let f = c.refresh_fraction;
-        let frac = |n: u64| ((n as f64 * f) as u64).clamp(1, n);
+        // At 1 a DEK is used up before any refresh would be due: refresh-ahead is off.
+        let frac = |n: u64| {
+            if f >= 1.0 {
+                u64::MAX
+            } else {
+                ((n as f64 * f) as u64).clamp(1, n)
+            }
+        };
         Self {
             max_age: c.encrypt_max_age,
             refresh_age: c.encrypt_max_age.mul_f64(f),
@@ -221,6 +228,22 @@ mod tests {
         let a = ActiveDek::new(dek(), now, &l, Arc::default());
         assert_ne!(a.reserve(5000, now, &l), Reservation::Exhausted);
         assert_eq!(a.reserve(1, now, &l), Reservation::Exhausted);
+    }
+
+    #[test]
+    fn a_refresh_fraction_of_one_turns_refresh_ahead_off() {
+        let l = EncryptLimits::new(&CacheConfig {
+            encrypt_max_messages: 5,
+            refresh_fraction: 1.0,
+            ..CacheConfig::default()
+        });
+        let now = Instant::now();
+        let a = ActiveDek::new(dek(), now, &l, Arc::default());
+        let later = now + Duration::from_secs(299).into();
+        for _ in 0..5 {
+            assert_eq!(a.reserve(1, later, &l), Reservation::Granted);
+        }
+        assert_eq!(a.reserve(1, later, &l), Reservation::Exhausted);
     }
 
     #[test]

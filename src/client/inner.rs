@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use coarsetime::Instant as CoarseInstant;
@@ -36,6 +36,10 @@ pub(super) struct Inner {
     pub(super) enc_flights: SingleFlight<CompartmentId, Arc<ActiveDek>>,
     pub(super) dec_flights: SingleFlight<(DekId, DekSource), Arc<OpenDek>>,
     pub(super) revoked: RwLock<HashSet<KeyConfigId>>,
+    /// Counts purges and retirements of encryption DEKs. A DEK whose creation began before one
+    /// is not cached (its key may have just been detached, rotated away or deleted); held
+    /// while a new DEK is inserted so none slips in behind a retirement.
+    retirements: Mutex<u64>,
     pub(super) counters: Counters,
 }
 
@@ -65,6 +69,7 @@ impl Inner {
             enc_flights: SingleFlight::default(),
             dec_flights: SingleFlight::default(),
             revoked: RwLock::default(),
+            retirements: Mutex::new(0),
             counters,
         }
     }
@@ -133,12 +138,31 @@ impl Inner {
         compartment: CompartmentId,
         stale: Option<DekId>,
     ) -> Result<Arc<ActiveDek>> {
+        for _ in 0..4 {
+            if let Some(active) = self.try_create_encryption_dek(&compartment, stale).await? {
+                return Ok(active);
+            }
+        }
+        Err(Error::transient(
+            "the compartment's key changed during every attempt to make a data key; try again",
+        ))
+    }
+
+    /// Makes and caches a DEK; `None` if a purge or retirement happened meanwhile (then the
+    /// key must be resolved again).
+    async fn try_create_encryption_dek(
+        &self,
+        compartment: &CompartmentId,
+        stale: Option<DekId>,
+    ) -> Result<Option<Arc<ActiveDek>>> {
+        let compartment = compartment.clone();
         if let Some(current) = self.enc.map.get(&compartment)
             && Some(current.dek.id) != stale
             && current.is_usable(CoarseInstant::now(), &self.enc.limits)
         {
-            return Ok(current);
+            return Ok(Some(current));
         }
+        let epoch = self.retirement_epoch();
         let binding = self.resolver.encryption_key(&compartment).await?;
         self.ensure_not_revoked(&binding.key_config)?;
         let dek = DataKey::generate()?;
@@ -178,14 +202,31 @@ impl Inner {
             &self.enc.limits,
             self.counters.retired_encryptions.clone(),
         ));
-        self.enc.map.insert(compartment.clone(), active.clone());
         self.dec.map.insert(
             dek_id,
             Arc::new(OpenDek::new(loaded, now, &self.dec.limits)),
         );
         Counters::bump(&self.counters.deks_created);
+        {
+            let retirements = self.retirements.lock().unwrap_or_else(|e| e.into_inner());
+            if *retirements != epoch {
+                return Ok(None);
+            }
+            self.enc.map.insert(compartment.clone(), active.clone());
+        }
         tracing::debug!(compartment = %compartment, dek_id = %dek_id, key_config = %binding.key_config, "new data key");
-        Ok(active)
+        Ok(Some(active))
+    }
+
+    fn retirement_epoch(&self) -> u64 {
+        *self.retirements.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the encryption DEKs `retire` picks; DEKs being made right now are not cached.
+    pub(super) fn retire_encryption_deks(&self, retire: impl Fn(&ActiveDek) -> bool) {
+        let mut retirements = self.retirements.lock().unwrap_or_else(|e| e.into_inner());
+        *retirements += 1;
+        self.enc.map.retain(|_, active| !retire(active));
     }
 
     /// Starts preparing the next DEK in the background, once per DEK.
@@ -424,10 +465,15 @@ impl Inner {
     }
 
     /// Stops new encryptions under `key_config` at once.
+    /// Drops the encryption DEK of `compartment` (its key may be about to change).
+    pub(super) fn purge_encryption_dek(&self, compartment: &CompartmentId) {
+        let mut retirements = self.retirements.lock().unwrap_or_else(|e| e.into_inner());
+        *retirements += 1;
+        self.enc.map.remove(compartment);
+    }
+
     pub(super) fn drop_encryption_deks(&self, key_config: &KeyConfigId) {
-        self.enc
-            .map
-            .retain(|_, active| active.dek.key_config != *key_config);
+        self.retire_encryption_deks(|active| active.dek.key_config == *key_config);
     }
 
     fn is_revoked(&self, key_config: &KeyConfigId) -> bool {

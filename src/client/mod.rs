@@ -421,7 +421,7 @@ impl Client {
 
     /// Drops every cached DEK of `compartment`; its next encryption makes a new DEK.
     pub fn purge(&self, compartment: &CompartmentId) {
-        self.inner.enc.map.remove(compartment);
+        self.inner.purge_encryption_dek(compartment);
         self.inner
             .dec
             .map

@@ -365,7 +365,9 @@ mod tests {
     fn configs() -> [ProviderConfig; 3] {
         [
             ProviderConfig::Aws {
-                kms_arn: "arn:aws:kms:us-east-1:111122223333:key/abcd1234-5678-90ab-cdef-000011112222".into(),
+                kms_arn:
+                    "arn:aws:kms:us-east-1:111122223333:key/abcd1234-5678-90ab-cdef-000011112222"
+                        .into(),
                 role_arn: "arn:aws:iam::111122223333:role/r".into(),
                 region: None,
             },
@@ -385,12 +387,19 @@ mod tests {
     /// --lib` on the default features; the all-features build has every provider).
     #[tokio::test]
     async fn a_provider_whose_feature_is_off_is_a_clear_configuration_error() {
-        let enabled = [cfg!(feature = "aws"), cfg!(feature = "gcp"), cfg!(feature = "azure")];
+        let enabled = [
+            cfg!(feature = "aws"),
+            cfg!(feature = "gcp"),
+            cfg!(feature = "azure"),
+        ];
         for (config, enabled) in configs().into_iter().zip(enabled) {
             if enabled {
                 continue;
             }
-            let err = DefaultBackendFactory::new().backend(&config).await.unwrap_err();
+            let err = DefaultBackendFactory::new()
+                .backend(&config)
+                .await
+                .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Configuration);
             let feature = format!("enable the `{}` cargo feature", config.provider());
             assert!(err.message().contains(&feature), "{err}");
@@ -410,7 +419,10 @@ mod tests {
         let missing = ProviderConfig::Local {
             key_file: dir.path().join("none").display().to_string(),
         };
-        let err = DefaultBackendFactory::new().backend(&missing).await.unwrap_err();
+        let err = DefaultBackendFactory::new()
+            .backend(&missing)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
     }
 }

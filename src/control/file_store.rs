@@ -132,24 +132,39 @@ fn load_compartment(path: &Path, attachments: &Path) -> Result<Option<Compartmen
     Ok(Some(c))
 }
 
-/// Creates `path` with `contents` only if it does not exist (atomically, across processes).
+/// Creates `path` with `contents` only if it does not exist, atomically across processes:
+/// readers see no file or the whole file. The contents go to a temporary file first, which is
+/// then hard-linked to `path` (`link` fails if `path` exists).
 fn create_once(path: &Path, contents: &[u8]) -> Result<bool> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    match opts.open(path) {
-        Ok(mut f) => {
-            f.write_all(contents)?;
-            f.sync_all()?;
-            if let Some(dir) = path.parent()
-                && let Ok(d) = std::fs::File::open(dir)
-            {
-                let _ = d.sync_all();
-            }
-            Ok(true)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix)
+        .map_err(|e| Error::transient(format!("OS random generator failed: {e}")))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
+    let temporary = dir.join(format!(".{name}.{}.tmp", crate::ids::hex_encode(&suffix)));
+    let outcome = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        match std::fs::hard_link(&temporary, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::from(e)),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e.into()),
+    })();
+    let _ = std::fs::remove_file(&temporary);
+    if outcome.as_ref().is_ok_and(|created| *created)
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
     }
+    outcome
 }
 
 #[async_trait]

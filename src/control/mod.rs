@@ -675,20 +675,19 @@ impl ControlPlane {
         )?;
         let compartments = self.attached_compartments(id).await?;
         let store = self.inner.store.clone();
-        let outcome = rewrap::run(
-            &mut job,
-            &compartments,
-            &self.inner.dek_store,
-            &backend,
-            &key.key_config(),
-            batch,
-            async |job: &RewrapJob| {
+        let rewrapper = rewrap::Rewrapper {
+            store: self.inner.dek_store.as_ref(),
+            backend: backend.as_ref(),
+            retry: &self.inner.retry,
+            key_config: &key.key_config(),
+        };
+        let outcome = rewrapper
+            .run(&mut job, &compartments, batch, async |job: &RewrapJob| {
                 store.put_rewrap_job(job).await?;
                 progress(job);
                 Ok(())
-            },
-        )
-        .await;
+            })
+            .await;
         let summary = |job: &RewrapJob| {
             format!(
                 "examined {}, rewrapped {}, already current {}",

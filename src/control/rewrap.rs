@@ -1,13 +1,12 @@
 //! Rewrap: after a configuration is rotated to a new KMS key, re-wrap its stored DEK records
-//! under the new key without touching data. Batched (each batch's DEKs in parallel),
+//! under the new key without touching data. Batched (each batch's DEKs in parallel; throttling
+//! and transient errors retried with the plane's retry policy),
 //! checkpointed after every batch, idempotent (records already under the new key are skipped)
 //! and resumable (a rerun continues after the last checkpoint).
 //!
 //! Compact envelopes stay readable throughout: they authenticate the DEK record's identity
 //! (DEK id, compartment, commitment), not its wrapping. Self-contained envelopes carry their own
 //! wrapped DEK and stay readable while the earlier key is reachable.
-
-use std::sync::Arc;
 
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
@@ -17,7 +16,7 @@ use super::model::ExternalKeyId;
 use crate::error::Result;
 use crate::format::DekRecord;
 use crate::ids::{CompartmentId, DekId, KeyConfigId};
-use crate::kms::{KmsBackend, WrapContext};
+use crate::kms::{KmsBackend, RetryPolicy, WrapContext};
 use crate::store::DekStore;
 
 /// The progress of rewrapping one configuration's DEK records (persisted after every batch).
@@ -66,86 +65,91 @@ impl RewrapJob {
     }
 }
 
-/// Re-wraps one record if it is not under the target key yet; `true` if it was re-wrapped.
-async fn rewrap_one(
-    store: &dyn DekStore,
-    backend: &dyn KmsBackend,
-    key_config: &KeyConfigId,
-    target: &str,
-    record: DekRecord,
-) -> Result<bool> {
-    if record.wrapped().key_id == target {
-        return Ok(false);
-    }
-    let context = WrapContext::new(record.compartment(), key_config);
-    let dek = backend.unwrap(record.wrapped(), &context).await?;
-    let wrapped = backend.wrap(&dek, &context).await?;
-    drop(dek);
-    store
-        .put(&record.with_wrapping(key_config.clone(), wrapped))
-        .await?;
-    Ok(true)
+/// What a rewrap works with: where the records are, the configuration's backend (current and
+/// earlier keys), its retry policy, and its key configuration id.
+pub(crate) struct Rewrapper<'a> {
+    pub(crate) store: &'a dyn DekStore,
+    pub(crate) backend: &'a dyn KmsBackend,
+    pub(crate) retry: &'a RetryPolicy,
+    pub(crate) key_config: &'a KeyConfigId,
 }
 
-/// Walks the records of `compartments` (sorted) from the job's cursor, `batch` at a time.
-pub(crate) async fn run(
-    job: &mut RewrapJob,
-    compartments: &[CompartmentId],
-    store: &Arc<dyn DekStore>,
-    backend: &Arc<dyn KmsBackend>,
-    key_config: &KeyConfigId,
-    batch: usize,
-    mut checkpoint: impl AsyncFnMut(&RewrapJob) -> Result<()>,
-) -> Result<()> {
-    for compartment in compartments {
-        let mut ids = store.list(compartment).await?;
-        ids.sort();
-        ids.retain(|id| job.is_after_cursor(compartment, id));
-        for chunk in ids.chunks(batch.max(1)) {
-            let mut records = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                if let Some(record) = store.get(compartment, id).await?
-                    && record.key_config() == key_config
-                {
-                    records.push(record);
+impl Rewrapper<'_> {
+    /// Re-wraps one record if it is not under `target` yet; `true` if it was re-wrapped.
+    async fn rewrap_one(&self, target: &str, record: DekRecord) -> Result<bool> {
+        if record.wrapped().key_id == target {
+            return Ok(false);
+        }
+        let (backend, retry) = (self.backend, self.retry);
+        let context = WrapContext::new(record.compartment(), self.key_config);
+        let dek = retry
+            .run(|| backend.unwrap(record.wrapped(), &context), |_| {})
+            .await?;
+        let wrapped = retry.run(|| backend.wrap(&dek, &context), |_| {}).await?;
+        drop(dek);
+        self.store
+            .put(&record.with_wrapping(self.key_config.clone(), wrapped))
+            .await?;
+        Ok(true)
+    }
+
+    /// Walks the records of `compartments` (sorted) from the job's cursor, `batch` at a time,
+    /// calling `checkpoint` after each batch.
+    pub(crate) async fn run(
+        &self,
+        job: &mut RewrapJob,
+        compartments: &[CompartmentId],
+        batch: usize,
+        mut checkpoint: impl AsyncFnMut(&RewrapJob) -> Result<()>,
+    ) -> Result<()> {
+        let (store, key_config) = (self.store, self.key_config);
+        for compartment in compartments {
+            let mut ids = store.list(compartment).await?;
+            ids.sort();
+            ids.retain(|id| job.is_after_cursor(compartment, id));
+            for chunk in ids.chunks(batch.max(1)) {
+                let mut records = Vec::with_capacity(chunk.len());
+                for id in chunk {
+                    if let Some(record) = store.get(compartment, id).await?
+                        && record.key_config() == key_config
+                    {
+                        records.push(record);
+                    }
                 }
-            }
-            let outcomes = join_all(records.into_iter().map(|record| {
-                rewrap_one(
-                    store.as_ref(),
-                    backend.as_ref(),
-                    key_config,
-                    &job.target_key_ref,
-                    record,
+                let target = job.target_key_ref.as_str();
+                let outcomes = join_all(
+                    records
+                        .into_iter()
+                        .map(|record| self.rewrap_one(target, record)),
                 )
-            }))
-            .await;
-            // Count every record that made it, then report the first failure without moving
-            // the cursor: a rerun redoes this batch, finding the finished ones already current.
-            let mut first_error = None;
-            for outcome in outcomes {
-                match outcome {
-                    Ok(rewrapped) => {
-                        job.examined += 1;
-                        if rewrapped {
-                            job.rewrapped += 1;
-                        } else {
-                            job.already_current += 1;
+                .await;
+                // Count every record that made it, then report the first failure without moving
+                // the cursor: a rerun redoes this batch, finding the finished ones already current.
+                let mut first_error = None;
+                for outcome in outcomes {
+                    match outcome {
+                        Ok(rewrapped) => {
+                            job.examined += 1;
+                            if rewrapped {
+                                job.rewrapped += 1;
+                            } else {
+                                job.already_current += 1;
+                            }
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(e);
                         }
                     }
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
                 }
+                if let Some(e) = first_error {
+                    return Err(e);
+                }
+                if let Some(last) = chunk.last() {
+                    job.cursor = Some((compartment.to_string(), last.to_hex()));
+                }
+                checkpoint(job).await?;
             }
-            if let Some(e) = first_error {
-                return Err(e);
-            }
-            if let Some(last) = chunk.last() {
-                job.cursor = Some((compartment.to_string(), last.to_hex()));
-            }
-            checkpoint(job).await?;
         }
+        Ok(())
     }
-    Ok(())
 }
