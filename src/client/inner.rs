@@ -464,7 +464,6 @@ impl Inner {
         })
     }
 
-    /// Stops new encryptions under `key_config` at once.
     /// Drops the encryption DEK of `compartment` (its key may be about to change).
     pub(super) fn purge_encryption_dek(&self, compartment: &CompartmentId) {
         let mut retirements = self.retirements.lock().unwrap_or_else(|e| e.into_inner());
@@ -472,6 +471,7 @@ impl Inner {
         self.enc.map.remove(compartment);
     }
 
+    /// Stops new encryptions under `key_config` at once.
     pub(super) fn drop_encryption_deks(&self, key_config: &KeyConfigId) {
         self.retire_encryption_deks(|active| active.dek.key_config == *key_config);
     }
