@@ -1532,3 +1532,78 @@ async fn every_admin_change_is_audited_with_who_what_and_outcome() {
         assert!(json.get(field).is_some(), "{field} missing from {json}");
     }
 }
+
+#[tokio::test]
+async fn an_earlier_key_gone_after_rewrap_leaves_the_configuration_working() {
+    let state = tempfile::tempdir().unwrap();
+    let pm_path = state.path().join("provider-managed.key");
+    let admin = Actor::new("admin@example.com");
+    let kek = |name: &str| {
+        let path = state.path().join(format!("{name}.key"));
+        LocalKms::create(&path, format!("local:{name}")).unwrap();
+        ProviderConfig::Local {
+            key_file: path.display().to_string(),
+        }
+    };
+    let (a, b) = (kek("a"), kek("b"));
+
+    let (c, key, compact, self_contained) = {
+        let plane = durable_plane(
+            state.path(),
+            Arc::new(LocalKms::create(&pm_path, "local:provider").unwrap()),
+        );
+        let key = plane
+            .create_external_key(&admin, CreateExternalKey::new("a", a))
+            .await
+            .unwrap();
+        plane.validate_external_key(&admin, &key.id).await.unwrap();
+        let c = plane
+            .create_compartment(&admin, Some(&key.id))
+            .await
+            .unwrap()
+            .compartment_id;
+        let compact = plane
+            .client()
+            .encrypt_compact(&c, b"compact under a", b"")
+            .await
+            .unwrap();
+        let self_contained = plane
+            .client()
+            .encrypt(&c, b"self-contained under a", b"")
+            .await
+            .unwrap();
+        plane.rotate_external_key(&admin, &key.id, b).await.unwrap();
+        plane.rewrap(&admin, &key.id, 10, |_| {}).await.unwrap();
+        (c, key, compact, self_contained)
+    };
+
+    // The customer destroys the earlier key once the rewrap is done.
+    std::fs::remove_file(state.path().join("a.key")).unwrap();
+
+    let plane = durable_plane(state.path(), Arc::new(LocalKms::open(&pm_path).unwrap()));
+    let client = plane.client();
+    let fresh = client
+        .encrypt_compact(&c, b"under b", b"")
+        .await
+        .expect("the current key still wraps");
+    assert_eq!(client.decrypt(&c, &fresh, b"").await.unwrap(), b"under b");
+    assert_eq!(
+        client.decrypt(&c, &compact, b"").await.unwrap(),
+        b"compact under a",
+        "the rewrapped record no longer needs the earlier key"
+    );
+    let err = client.decrypt(&c, &self_contained, b"").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        err.to_string().contains("local:a") && err.to_string().contains("unavailable"),
+        "the error names the missing key: {err}"
+    );
+    assert_eq!(
+        plane
+            .validate_external_key(&admin, &key.id)
+            .await
+            .unwrap()
+            .status,
+        ValidationStatus::Success
+    );
+}

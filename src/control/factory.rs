@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use super::audit::{Actor, AuditEvent, AuditSink, Outcome};
 use super::model::{ExternalKeyId, ProviderConfig};
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::key::DataKey;
 use crate::kms::{KeyDescription, KmsBackend, Provider, WrapContext, WrappedKey};
 
@@ -221,6 +221,8 @@ impl BackendFactory for DefaultBackendFactory {
 pub struct RotatingBackend {
     current: (String, Arc<dyn KmsBackend>),
     previous: Vec<(String, Arc<dyn KmsBackend>)>,
+    /// Earlier keys that could not be reached, with why (their data cannot be read).
+    unavailable: Vec<(String, Error)>,
 }
 
 impl fmt::Debug for RotatingBackend {
@@ -231,27 +233,50 @@ impl fmt::Debug for RotatingBackend {
                 "previous",
                 &self.previous.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
+            .field(
+                "unavailable",
+                &self.unavailable.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
 
 impl RotatingBackend {
-    /// `current` wraps; `previous` (most recent first) only unwrap.
+    /// `current` wraps; `previous` (most recent first) only unwrap. An earlier key that cannot
+    /// describe itself is kept as unavailable: only the data it wrapped becomes unreadable.
     ///
     /// # Errors
-    /// When a backend cannot describe its key.
+    /// When the current backend cannot describe its key.
     pub async fn new(
         current: Arc<dyn KmsBackend>,
         previous: Vec<Arc<dyn KmsBackend>>,
     ) -> Result<Self> {
-        let mut described = Vec::with_capacity(previous.len());
-        for backend in previous {
-            described.push((backend.describe().await?.key_id, backend));
-        }
-        Ok(Self {
+        let mut rotating = Self {
             current: (current.describe().await?.key_id, current),
-            previous: described,
-        })
+            previous: Vec::with_capacity(previous.len()),
+            unavailable: Vec::new(),
+        };
+        for backend in previous {
+            match backend.describe().await {
+                Ok(described) => rotating.previous.push((described.key_id, backend)),
+                Err(e) => rotating = rotating.with_unavailable(format!("{backend:?}"), e),
+            }
+        }
+        Ok(rotating)
+    }
+
+    /// Records an earlier key (named by `key_ref`) that could not be reached because of
+    /// `error`. DEKs no reachable key wrapped then fail with `error`'s kind, naming the key.
+    pub fn with_unavailable(mut self, key_ref: impl Into<String>, error: Error) -> Self {
+        let key_ref = key_ref.into();
+        tracing::warn!(key = %key_ref, error = %error, "an earlier key is unavailable; data it wrapped cannot be read");
+        self.unavailable.push((key_ref, error));
+        self
+    }
+
+    /// Whether every earlier key was reachable when this was built.
+    pub fn is_complete(&self) -> bool {
+        self.unavailable.is_empty()
     }
 }
 
@@ -270,13 +295,24 @@ impl KmsBackend for RotatingBackend {
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<DataKey> {
-        let backend = std::iter::once(&self.current)
-            .chain(&self.previous)
-            .find(|(key_id, backend)| {
-                *key_id == wrapped.key_id && backend.provider() == wrapped.provider
-            })
-            .map_or(&self.current.1, |(_, b)| b);
-        backend.unwrap(wrapped, context).await
+        let found =
+            std::iter::once(&self.current)
+                .chain(&self.previous)
+                .find(|(key_id, backend)| {
+                    *key_id == wrapped.key_id && backend.provider() == wrapped.provider
+                });
+        match (found, self.unavailable.first()) {
+            (Some((_, backend)), _) => backend.unwrap(wrapped, context).await,
+            (None, Some((key_ref, error))) => Err(Error::new(
+                error.kind(),
+                format!(
+                    "the data key was wrapped by {}, which is none of the reachable keys of this configuration; an earlier key is unavailable ({key_ref}: {})",
+                    wrapped.key_id,
+                    error.message()
+                ),
+            )),
+            (None, None) => self.current.1.unwrap(wrapped, context).await,
+        }
     }
 
     async fn check_key(&self) -> Result<()> {

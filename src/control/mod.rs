@@ -97,6 +97,21 @@ struct Plane {
 struct BuiltBackend {
     key_refs: Vec<String>,
     backend: Arc<dyn KmsBackend>,
+    /// Set when an earlier key was unavailable: the backend is built again after a while, so a
+    /// key that comes back is used again.
+    incomplete_since: Option<std::time::Instant>,
+}
+
+impl BuiltBackend {
+    /// How long a backend with an unavailable earlier key is reused before trying again.
+    const RETRY_INCOMPLETE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn is_current_for(&self, key_refs: &[String]) -> bool {
+        self.key_refs == key_refs
+            && self
+                .incomplete_since
+                .is_none_or(|at| at.elapsed() < Self::RETRY_INCOMPLETE_AFTER)
+    }
 }
 
 impl fmt::Debug for ControlPlane {
@@ -241,16 +256,26 @@ impl Plane {
             .lock()
             .ok()
             .and_then(|b| b.get(&key.id).cloned())
-            && built.key_refs == refs
+            && built.is_current_for(&refs)
         {
             return Ok(built.backend);
         }
         let current = self.factory.backend(&key.provider_config).await?;
         let mut previous = Vec::new();
+        let mut unavailable = Vec::new();
         for config in key.previous_provider_configs.iter().rev() {
-            previous.push(self.factory.backend(config).await?);
+            // An earlier key that is gone (destroyed after a rewrap, say) only costs the data
+            // still wrapped by it, never the configuration.
+            match self.factory.backend(config).await {
+                Ok(backend) => previous.push(backend),
+                Err(e) => unavailable.push((config.key_ref(), e)),
+            }
         }
-        let rotating = RotatingBackend::new(current, previous).await?;
+        let rotating = unavailable.into_iter().fold(
+            RotatingBackend::new(current, previous).await?,
+            |rotating, (key_ref, e)| rotating.with_unavailable(key_ref, e),
+        );
+        let incomplete_since = (!rotating.is_complete()).then(std::time::Instant::now);
         let backend: Arc<dyn KmsBackend> = Arc::new(factory::RevocationWatch {
             inner: Arc::new(rotating),
             key: key.id.clone(),
@@ -263,6 +288,7 @@ impl Plane {
                 BuiltBackend {
                     key_refs: refs,
                     backend: backend.clone(),
+                    incomplete_since,
                 },
             );
         }
