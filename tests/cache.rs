@@ -206,6 +206,23 @@ async fn revoke_immediately_stops_everything_and_reinstate_undoes_it() {
 }
 
 #[tokio::test]
+async fn a_wrap_that_finds_no_key_retires_the_cached_data_keys_of_that_key() {
+    let (client, kms) = faulty_client(CacheConfig::default());
+    let (a, b) = (compartment("kept-a"), compartment("kept-b"));
+    let before = client.encrypt(&a, b"before", b"").await.unwrap();
+    assert_eq!(kms.wrap_calls(), 1);
+    // The KMS no longer knows the key (deleted): b's new data key cannot be wrapped ...
+    kms.push_faults([Fault::Fail(ErrorKind::NotFound)]);
+    let err = client.encrypt(&b, b"x", b"").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    // ... and a's cached data key, wrapped by that key, takes no more data.
+    let after = client.encrypt(&a, b"after", b"").await.unwrap();
+    assert_eq!(kms.wrap_calls(), 3, "a new data key was made for a");
+    assert_ne!(dek_id(&before), dek_id(&after));
+    assert_eq!(client.stats().revocations_detected, 1);
+}
+
+#[tokio::test]
 async fn revoke_when_cached_keys_expire_keeps_reads_until_expiry() {
     let mut cache = CacheConfig::default();
     cache.decrypt_max_age = Duration::from_millis(150);

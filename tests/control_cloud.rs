@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cmek::control::{
     Actor, ControlPlane, CreateExternalKey, DefaultBackendFactory, ExternalKey, MemoryAuditSink,
@@ -16,21 +17,87 @@ use cmek::kms::gcp::credentials::anonymous;
 use cmek::testkit::aws_fake::{AwsFault, FakeAwsKms, FakeKeySpec, FakeKeyState};
 use cmek::testkit::azure_fake::{AzureFault, FakeKeyVault, StaticToken};
 use cmek::testkit::gcp_fake::{FakeGcpKms, FakeVersionState};
-use cmek::{ErrorKind, LocalKms, inspect};
+use cmek::{CacheConfig, ErrorKind, LocalKms, inspect};
 use common::fast_retry;
 
 const ROLE: &str = "arn:aws:iam::111122223333:role/cmek-control";
 const TENANT: &str = "00000000-0000-4000-8000-0000000000aa";
 
 fn plane(factory: DefaultBackendFactory) -> ControlPlane {
-    ControlPlane::builder()
+    plane_with(factory, CacheConfig::default()).0
+}
+
+fn plane_with(
+    factory: DefaultBackendFactory,
+    cache: CacheConfig,
+) -> (ControlPlane, Arc<MemoryAuditSink>) {
+    let audit = Arc::new(MemoryAuditSink::new());
+    let plane = ControlPlane::builder()
         .store(Arc::new(MemoryControlStore::new()))
-        .audit(Arc::new(MemoryAuditSink::new()))
+        .audit(audit.clone())
         .factory(Arc::new(factory))
         .provider_managed(Arc::new(LocalKms::generate("local:provider").unwrap()))
+        .cache(cache)
         .retry(fast_retry())
         .build()
+        .unwrap();
+    (plane, audit)
+}
+
+/// How long a cached data key may serve decryption in the deletion tests.
+const DECRYPT_BOUND: Duration = Duration::from_millis(300);
+
+/// Encryption DEKs live long (the default 5 minutes), decryption DEKs `DECRYPT_BOUND`.
+fn short_decrypt_cache() -> CacheConfig {
+    let mut cache = CacheConfig::default();
+    cache.decrypt_max_age = DECRYPT_BOUND;
+    cache
+}
+
+/// Writes data under `key`, deletes the key in the KMS with `delete`, then checks that within
+/// the decryption bound nothing is readable (`KeyRevoked`), that no new data goes under the
+/// key from the moment the deletion is seen, and that the revocation is audited.
+async fn deleting_the_kms_key_revokes_its_data(
+    plane: &ControlPlane,
+    audit: &MemoryAuditSink,
+    key: &ExternalKey,
+    delete: impl FnOnce(),
+) {
+    let c = plane
+        .create_compartment(&Actor::new("admin"), Some(&key.id))
+        .await
         .unwrap()
+        .compartment_id;
+    let client = plane.client();
+    let compact = client.encrypt_compact(&c, b"compact", b"").await.unwrap();
+    let whole = client.encrypt(&c, b"self-contained", b"").await.unwrap();
+    assert_eq!(
+        client.decrypt(&c, &whole, b"").await.unwrap(),
+        b"self-contained"
+    );
+
+    delete();
+    tokio::time::sleep(DECRYPT_BOUND + Duration::from_millis(150)).await;
+    for envelope in [&compact, &whole] {
+        let err = client.decrypt(&c, envelope, b"").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::KeyRevoked, "{err}");
+    }
+    // The cached encryption DEK would still be good for minutes: it is dropped on detection.
+    let err = client.encrypt(&c, b"new", b"").await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::KeyRevoked | ErrorKind::NotFound),
+        "{err}"
+    );
+    let detected: Vec<_> = audit
+        .events()
+        .into_iter()
+        .filter(|e| e.action == "key.revocation_detected")
+        .collect();
+    assert_eq!(detected.len(), 1, "{detected:?}");
+    assert_eq!(
+        detected[0].external_key_id.as_deref(),
+        Some(key.id.as_str())
+    );
 }
 
 fn aws_factory(endpoint: &str) -> DefaultBackendFactory {
@@ -359,4 +426,39 @@ async fn azure_keys_validate_attach_and_classify_failures() {
     let error = result.error.unwrap();
     assert_eq!(error.kind, "permission_denied");
     assert!(error.message.contains("propagate"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn a_deleted_aws_key_revokes_its_data_within_the_bound() {
+    let fake = FakeAwsKms::start().await.unwrap();
+    let (plane, audit) = plane_with(aws_factory(&fake.endpoint()), short_decrypt_cache());
+    let arn = fake.create_key();
+    let key = create(&plane, aws_config(&arn)).await;
+    assert_eq!(validate(&plane, &key).await, None);
+    deleting_the_kms_key_revokes_its_data(&plane, &audit, &key, || fake.delete_key(&arn)).await;
+}
+
+#[tokio::test]
+async fn a_deleted_azure_key_revokes_its_data_within_the_bound() {
+    let vault = FakeKeyVault::start(TENANT).await.unwrap();
+    let (plane, audit) = plane_with(
+        DefaultBackendFactory::new()
+            .azure_credential(StaticToken::new("access-token"))
+            .azure_root_certificate_pem(vault.ca_pem()),
+        short_decrypt_cache(),
+    );
+    vault.create_key("doomed", 3072).unwrap();
+    let key = create(
+        &plane,
+        ProviderConfig::Azure {
+            vault_uri: vault.vault_uri(),
+            key_name: "doomed".to_owned(),
+            tenant_id: TENANT.to_owned(),
+            client_id: None,
+        },
+    )
+    .await;
+    assert_eq!(validate(&plane, &key).await, None);
+    deleting_the_kms_key_revokes_its_data(&plane, &audit, &key, || vault.delete_key("doomed"))
+        .await;
 }

@@ -43,7 +43,7 @@ pub(super) struct Inner {
     pub(super) counters: Counters,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum KmsOp {
     Wrap,
     Unwrap,
@@ -446,7 +446,11 @@ impl Inner {
             }
             Err(e) => {
                 tracing::warn!(?op, key_config = %key_config, elapsed_ms, error = %e, "KMS call failed");
-                if e.kind() == ErrorKind::KeyRevoked {
+                // A disabled, revoked or deleted key (a wrap finds no key: it was deleted, or
+                // never existed): no new data may go under its cached DEKs.
+                if e.kind() == ErrorKind::KeyRevoked
+                    || (op == KmsOp::Wrap && e.kind() == ErrorKind::NotFound)
+                {
                     Counters::bump(&self.counters.revocations_detected);
                     self.drop_encryption_deks(key_config);
                 }

@@ -339,9 +339,13 @@ impl fmt::Debug for RevocationWatch {
 }
 
 impl RevocationWatch {
-    fn observe<T>(&self, outcome: &Result<T>) {
+    /// Records a revocation when `outcome` says the key is disabled, revoked or deleted (a
+    /// wrap, `is_wrap`, that finds no key: the validated key was deleted since).
+    fn observe<T>(&self, outcome: &Result<T>, is_wrap: bool) {
         let Err(e) = outcome else { return };
-        if e.kind() != ErrorKind::KeyRevoked {
+        let gone =
+            e.kind() == ErrorKind::KeyRevoked || (is_wrap && e.kind() == ErrorKind::NotFound);
+        if !gone {
             return;
         }
         let Ok(mut last) = self.last.lock() else {
@@ -377,19 +381,19 @@ impl KmsBackend for RevocationWatch {
 
     async fn wrap(&self, dek: &DataKey, context: &WrapContext<'_>) -> Result<WrappedKey> {
         let outcome = self.inner.wrap(dek, context).await;
-        self.observe(&outcome);
+        self.observe(&outcome, true);
         outcome
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<DataKey> {
         let outcome = self.inner.unwrap(wrapped, context).await;
-        self.observe(&outcome);
+        self.observe(&outcome, false);
         outcome
     }
 
     async fn check_key(&self) -> Result<()> {
         let outcome = self.inner.check_key().await;
-        self.observe(&outcome);
+        self.observe(&outcome, false);
         outcome
     }
 }

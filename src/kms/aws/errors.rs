@@ -49,6 +49,9 @@ where
             let status = service.raw().status().as_u16();
             let kind = match kind_of_code(code) {
                 ErrorKind::InvalidInput if status >= 500 => ErrorKind::Transient,
+                // Decrypt is pinned to the configured key, which once wrapped this DEK: a key
+                // that is no longer found was deleted, and its data is revoked.
+                ErrorKind::NotFound if op == "Decrypt" => ErrorKind::KeyRevoked,
                 kind => kind,
             };
             let mut message = format!(

@@ -14,6 +14,8 @@ pub(super) fn kind_of(op: &str, status: u16, message: &str) -> ErrorKind {
             ErrorKind::KeyRevoked
         }
         403 => ErrorKind::PermissionDenied,
+        // The key version that wrapped this DEK is deleted: its data is revoked.
+        404 if op == "unwrapKey" => ErrorKind::KeyRevoked,
         404 => ErrorKind::NotFound,
         429 => ErrorKind::Throttled,
         400 if op == "unwrapKey" => ErrorKind::Integrity,
@@ -86,6 +88,7 @@ mod tests {
         );
         assert_eq!(kind_of("getKey", 401, ""), ErrorKind::PermissionDenied);
         assert_eq!(kind_of("getKey", 404, ""), ErrorKind::NotFound);
+        assert_eq!(kind_of("unwrapKey", 404, ""), ErrorKind::KeyRevoked);
         assert_eq!(kind_of("getKey", 429, ""), ErrorKind::Throttled);
         assert_eq!(kind_of("getKey", 503, ""), ErrorKind::Transient);
         assert_eq!(

@@ -4,7 +4,8 @@
 //! * **Wrap is local.** The key's public half is fetched once (`GET /keys/{name}`), cached with
 //!   its version (`kid`) and refreshed every [`AzureKeyVaultBuilder::public_key_refresh`]
 //!   (default 5 minutes), so a rotated key is picked up for new DEKs and a disabled or expired
-//!   key stops new wraps within that time. Wrapping is `RSA-OAEP-256` (SHA-256, MGF1-SHA-256)
+//!   key stops new wraps within that time — at once when an `unwrapKey` finds the key disabled
+//!   or deleted. Wrapping is `RSA-OAEP-256` (SHA-256, MGF1-SHA-256)
 //!   with aws-lc-rs: no network call.
 //! * **Unwrap is remote**: `unwrapKey` on the exact key version recorded in the envelope.
 //! * **Binding**: `wrapKey` takes no AAD, so what is wrapped is the DEK followed by the SHA-256
@@ -271,6 +272,13 @@ impl AzureKeyVault {
         })
     }
 
+    /// Drops the cached public half: the next wrap fetches the key again and sees its state.
+    fn forget_public_key(&self) {
+        if let Ok(mut cached) = self.public.write() {
+            *cached = None;
+        }
+    }
+
     /// The cached public half, fetched again when older than the refresh interval.
     async fn public_key(&self) -> Result<(String, Arc<OaepPublicKey>)> {
         let cached = self.public.read().ok().and_then(|c| {
@@ -375,6 +383,10 @@ impl KmsBackend for AzureKeyVault {
             }
             Err(e) => {
                 let error = errors::map("unwrapKey", &self.key_id, &e);
+                if error.kind() == ErrorKind::KeyRevoked {
+                    // A disabled or deleted key must stop new wraps now, not at the next refresh.
+                    self.forget_public_key();
+                }
                 tracing::warn!(provider = "azure", key = self.key_id.as_str(), op = "unwrapKey", version = wrapped.key_version.as_str(), latency_ms, outcome = error.kind().as_str(), error = %error, "KMS call");
                 return Err(error);
             }

@@ -11,6 +11,8 @@ pub(super) fn kind_of(op: &str, code: Code) -> ErrorKind {
     match code {
         Code::PermissionDenied => ErrorKind::PermissionDenied,
         Code::Unauthenticated => ErrorKind::Unauthenticated,
+        // The key (ring, project) that wrapped this DEK is gone: its data is revoked.
+        Code::NotFound if op == "Decrypt" => ErrorKind::KeyRevoked,
         Code::NotFound => ErrorKind::NotFound,
         Code::FailedPrecondition => ErrorKind::KeyRevoked,
         Code::InvalidArgument if op == "Decrypt" => ErrorKind::Integrity,
@@ -91,6 +93,7 @@ mod tests {
             ErrorKind::PermissionDenied
         );
         assert_eq!(kind_of("Encrypt", Code::NotFound), ErrorKind::NotFound);
+        assert_eq!(kind_of("Decrypt", Code::NotFound), ErrorKind::KeyRevoked);
         assert_eq!(
             kind_of("Encrypt", Code::ResourceExhausted),
             ErrorKind::Throttled

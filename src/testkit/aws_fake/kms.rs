@@ -312,9 +312,7 @@ fn decrypt(state: &mut State, body: &Value) -> Reply {
     let blob_key = String::from_utf8_lossy(&blob[1..1 + KEY_ID_LEN])
         .trim_start()
         .to_owned();
-    let Some(key) = state.keys.get(&blob_key) else {
-        return invalid();
-    };
+    // The requested key is looked up first: once it is deleted, KMS answers NotFoundException.
     if let Some(requested) = body.get("KeyId").and_then(Value::as_str) {
         match key_id_of(state, requested) {
             None => {
@@ -334,6 +332,9 @@ fn decrypt(state: &mut State, body: &Value) -> Reply {
             Some(_) => {}
         }
     }
+    let Some(key) = state.keys.get(&blob_key) else {
+        return invalid();
+    };
     if let Err(reply) = usable(key) {
         return reply;
     }

@@ -199,6 +199,12 @@ impl FakeAwsKms {
         }
     }
 
+    /// Deletes the key (its deletion waiting period over): every later request naming it gets
+    /// `NotFoundException`, and its ciphertexts can never be decrypted again.
+    pub fn delete_key(&self, arn: &str) {
+        lock(&self.state).keys.retain(|_, k| k.arn != arn);
+    }
+
     /// Makes the key's policy deny (or allow again) every use: `AccessDeniedException`.
     pub fn deny_access(&self, arn: &str, denied: bool) {
         if let Some(key) = lock(&self.state).keys.values_mut().find(|k| k.arn == arn) {

@@ -194,6 +194,12 @@ impl FakeKeyVault {
         Ok(id)
     }
 
+    /// Deletes a key with all its versions: from then on every request for it gets 404
+    /// `KeyNotFound`, as Key Vault answers for a (soft-)deleted key.
+    pub fn delete_key(&self, name: &str) {
+        lock(&self.state).keys.remove(name);
+    }
+
     fn with_version(&self, name: &str, version: Option<&str>, f: impl FnOnce(&mut KeyVersion)) {
         let mut state = lock(&self.state);
         if let Some(key) = state.keys.get_mut(name) {
