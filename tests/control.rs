@@ -27,7 +27,11 @@ use serde_json::{Value, json};
 /// Hands out registered fault-injecting local keys by key file; anything else goes to the
 /// default factory.
 #[derive(Debug, Default)]
-struct Keys(Mutex<HashMap<String, Arc<dyn KmsBackend>>>);
+struct Keys(
+    Mutex<HashMap<String, Arc<dyn KmsBackend>>>,
+    /// Backends handed out so far.
+    std::sync::atomic::AtomicUsize,
+);
 
 impl Keys {
     fn add(&self, dir: &Path, name: &str) -> (ProviderConfig, Arc<FaultyKms>) {
@@ -45,11 +49,18 @@ impl Keys {
     fn register(&self, config: &ProviderConfig, backend: Arc<dyn KmsBackend>) {
         self.0.lock().unwrap().insert(config.key_ref(), backend);
     }
+
+    fn builds(&self) -> usize {
+        self.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 #[async_trait]
 impl BackendFactory for Keys {
     async fn backend(&self, config: &ProviderConfig) -> cmek::Result<Arc<dyn KmsBackend>> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Building a cloud client takes a while (credentials, sometimes a network call).
+        tokio::time::sleep(Duration::from_millis(2)).await;
         let registered = self.0.lock().unwrap().get(&config.key_ref()).cloned();
         match registered {
             Some(backend) => Ok(backend),
@@ -894,6 +905,43 @@ async fn concurrent_attaches_have_exactly_one_winner_on_disk() {
         }
     }
     assert_eq!(winners.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_configuration_is_built_once_for_many_compartments() {
+    let store = Arc::new(MemoryControlStore::new());
+    let f = fixture_with(store.clone(), CacheConfig::default());
+    let (key, _) = f.validated_key("shared").await;
+    let mut compartments = Vec::new();
+    for _ in 0..64 {
+        compartments.push(f.compartment(Some(&key.id)).await);
+    }
+    // Another instance of the service on the same state: nothing built yet.
+    let plane = ControlPlane::builder()
+        .store(store)
+        .dek_store(f.dek_store.clone())
+        .audit(f.audit.clone())
+        .factory(f.keys.clone())
+        .provider_managed(f.provider_managed.clone())
+        .retry(fast_retry())
+        .build()
+        .unwrap();
+    let builds = f.keys.builds();
+    let tasks: Vec<_> = compartments
+        .into_iter()
+        .map(|c| {
+            let client = plane.client().clone();
+            tokio::spawn(async move { client.encrypt(&c, b"first write", b"").await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        f.keys.builds() - builds,
+        1,
+        "64 compartments under one cold configuration share one backend build"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -323,10 +323,11 @@ impl KmsBackend for RotatingBackend {
 /// Writes a `key.revocation_detected` audit event (at most once a minute per configuration)
 /// when the KMS reports the key disabled or revoked.
 pub(crate) struct RevocationWatch {
-    pub(crate) inner: Arc<dyn KmsBackend>,
-    pub(crate) key: ExternalKeyId,
-    pub(crate) audit: Arc<dyn AuditSink>,
-    pub(crate) last: Mutex<Option<Instant>>,
+    inner: Arc<dyn KmsBackend>,
+    key: ExternalKeyId,
+    audit: Arc<dyn AuditSink>,
+    /// When the last event was written.
+    last: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for RevocationWatch {
@@ -339,6 +340,20 @@ impl fmt::Debug for RevocationWatch {
 }
 
 impl RevocationWatch {
+    /// Watches `inner`, the backend of configuration `key`.
+    pub(crate) fn new(
+        inner: Arc<dyn KmsBackend>,
+        key: ExternalKeyId,
+        audit: Arc<dyn AuditSink>,
+    ) -> Self {
+        Self {
+            inner,
+            key,
+            audit,
+            last: Mutex::new(None),
+        }
+    }
+
     /// Records a revocation when `outcome` says the key is disabled, revoked or deleted (a
     /// wrap, `is_wrap`, that finds no key: the validated key was deleted since).
     fn observe<T>(&self, outcome: &Result<T>, is_wrap: bool) {

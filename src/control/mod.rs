@@ -38,6 +38,7 @@
 //! ```
 
 pub mod audit;
+mod backends;
 mod factory;
 mod file_store;
 mod model;
@@ -45,9 +46,8 @@ mod rewrap;
 mod store;
 mod validation;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -65,6 +65,7 @@ pub use rewrap::RewrapJob;
 pub use store::{ControlStore, MemoryControlStore};
 pub use validation::VALIDATION_COMPARTMENT;
 
+use self::backends::Backends;
 use crate::cache::CacheConfig;
 use crate::client::Client;
 use crate::error::{Error, ErrorKind, Result};
@@ -85,33 +86,9 @@ struct Plane {
     store: Arc<dyn ControlStore>,
     dek_store: Arc<dyn DekStore>,
     audit: Arc<dyn AuditSink>,
-    factory: Arc<dyn BackendFactory>,
     provider_managed: KeyBinding,
     retry: RetryPolicy,
-    /// Backends by configuration.
-    backends: Mutex<HashMap<ExternalKeyId, BuiltBackend>>,
-}
-
-/// A configuration's backend and the key references (current, then earlier) it was built for.
-#[derive(Clone)]
-struct BuiltBackend {
-    key_refs: Vec<String>,
-    backend: Arc<dyn KmsBackend>,
-    /// Set when an earlier key was unavailable: the backend is built again after a while, so a
-    /// key that comes back is used again.
-    incomplete_since: Option<std::time::Instant>,
-}
-
-impl BuiltBackend {
-    /// How long a backend with an unavailable earlier key is reused before trying again.
-    const RETRY_INCOMPLETE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-
-    fn is_current_for(&self, key_refs: &[String]) -> bool {
-        self.key_refs == key_refs
-            && self
-                .incomplete_since
-                .is_none_or(|at| at.elapsed() < Self::RETRY_INCOMPLETE_AFTER)
-    }
+    backends: Arc<Backends>,
 }
 
 impl fmt::Debug for ControlPlane {
@@ -209,19 +186,20 @@ impl ControlPlaneBuilder {
         let dek_store = self
             .dek_store
             .unwrap_or_else(|| Arc::new(MemoryDekStore::new()));
+        let audit = self.audit.unwrap_or_else(|| Arc::new(TracingAuditSink));
+        let factory = self
+            .factory
+            .unwrap_or_else(|| Arc::new(DefaultBackendFactory::new()));
         let inner = Arc::new(Plane {
             store,
             dek_store: dek_store.clone(),
-            audit: self.audit.unwrap_or_else(|| Arc::new(TracingAuditSink)),
-            factory: self
-                .factory
-                .unwrap_or_else(|| Arc::new(DefaultBackendFactory::new())),
+            backends: Arc::new(Backends::new(factory, audit.clone())),
+            audit,
             provider_managed: KeyBinding::new(
                 KeyConfigId::new(PROVIDER_MANAGED)?,
                 provider_managed,
             ),
             retry: self.retry.clone(),
-            backends: Mutex::new(HashMap::new()),
         });
         let client = Client::builder()
             .key_resolver(inner.clone())
@@ -247,52 +225,7 @@ impl Plane {
 
     /// The backend of a configuration: current and earlier keys, watched for revocation.
     async fn backend(&self, key: &ExternalKey) -> Result<Arc<dyn KmsBackend>> {
-        let refs: Vec<String> = std::iter::once(&key.provider_config)
-            .chain(&key.previous_provider_configs)
-            .map(ProviderConfig::key_ref)
-            .collect();
-        if let Some(built) = self
-            .backends
-            .lock()
-            .ok()
-            .and_then(|b| b.get(&key.id).cloned())
-            && built.is_current_for(&refs)
-        {
-            return Ok(built.backend);
-        }
-        let current = self.factory.backend(&key.provider_config).await?;
-        let mut previous = Vec::new();
-        let mut unavailable = Vec::new();
-        for config in key.previous_provider_configs.iter().rev() {
-            // An earlier key that is gone (destroyed after a rewrap, say) only costs the data
-            // still wrapped by it, never the configuration.
-            match self.factory.backend(config).await {
-                Ok(backend) => previous.push(backend),
-                Err(e) => unavailable.push((config.key_ref(), e)),
-            }
-        }
-        let rotating = unavailable.into_iter().fold(
-            RotatingBackend::new(current, previous).await?,
-            |rotating, (key_ref, e)| rotating.with_unavailable(key_ref, e),
-        );
-        let incomplete_since = (!rotating.is_complete()).then(std::time::Instant::now);
-        let backend: Arc<dyn KmsBackend> = Arc::new(factory::RevocationWatch {
-            inner: Arc::new(rotating),
-            key: key.id.clone(),
-            audit: self.audit.clone(),
-            last: Mutex::new(None),
-        });
-        if let Ok(mut b) = self.backends.lock() {
-            b.insert(
-                key.id.clone(),
-                BuiltBackend {
-                    key_refs: refs,
-                    backend: backend.clone(),
-                    incomplete_since,
-                },
-            );
-        }
-        Ok(backend)
+        self.backends.backend(key).await
     }
 }
 
@@ -507,7 +440,7 @@ impl ControlPlane {
                     ),
                 ));
             }
-            let backend = self.inner.factory.backend(&config).await?;
+            let backend = self.inner.backends.factory().backend(&config).await?;
             let result =
                 validation::validate(backend.as_ref(), &key.key_config(), &self.inner.retry).await;
             if let Some(e) = result.error {
