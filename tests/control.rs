@@ -1193,6 +1193,81 @@ async fn rotate_then_rewrap_keeps_everything_readable_and_resumes_after_a_failur
 // Deletion and revocation
 
 #[tokio::test]
+async fn rewrap_passes_over_a_record_no_key_can_unwrap_and_a_later_run_retries_it() {
+    let mut cache = CacheConfig::default();
+    cache.encrypt_max_messages = 1; // one DEK record per message
+    cache.refresh_fraction = 1.0;
+    let f = fixture_with(Arc::new(MemoryControlStore::new()), cache);
+    let (key, old_kms) = f.validated_key("old").await;
+    let c = f.compartment(Some(&key.id)).await;
+    let client = f.plane.client();
+    let mut envelopes = Vec::new();
+    for n in 0..4 {
+        let text = format!("record {n}");
+        let envelope = client
+            .encrypt_compact(&c, text.as_bytes(), b"")
+            .await
+            .unwrap();
+        envelopes.push((text, envelope));
+    }
+    assert_eq!(f.dek_store.list(&c).await.unwrap().len(), 4);
+    let (new_config, _) = f.keys.add(f.dir.path(), "new");
+    f.plane
+        .rotate_external_key(&f.admin, &key.id, new_config)
+        .await
+        .unwrap();
+
+    // The old key refuses the first record (as if that key version were destroyed).
+    old_kms.push_faults([Fault::Fail(ErrorKind::KeyRevoked)]);
+    let job = f.plane.rewrap(&f.admin, &key.id, 1, |_| {}).await.unwrap();
+    assert!(job.finished_at.is_some());
+    assert_eq!(
+        (
+            job.examined,
+            job.rewrapped,
+            job.already_current,
+            job.unreadable
+        ),
+        (4, 3, 0, 1),
+        "the unreadable record does not hold back the others"
+    );
+    let complete = f
+        .audit
+        .events()
+        .into_iter()
+        .rfind(|e| e.action == "rewrap.complete")
+        .unwrap();
+    assert_eq!(complete.outcome, Outcome::Failure);
+    assert!(
+        complete.detail.as_deref().unwrap().contains("unreadable 1"),
+        "{complete:?}"
+    );
+
+    // The key is back: the next run moves the last record.
+    let job = f.plane.rewrap(&f.admin, &key.id, 1, |_| {}).await.unwrap();
+    assert_eq!(
+        (
+            job.examined,
+            job.rewrapped,
+            job.already_current,
+            job.unreadable
+        ),
+        (4, 1, 3, 0)
+    );
+    for id in f.dek_store.list(&c).await.unwrap() {
+        let record = f.dek_store.get(&c, &id).await.unwrap().unwrap();
+        assert_eq!(record.wrapped().key_id, "local:new");
+    }
+    purge(client, std::slice::from_ref(&c));
+    for (text, envelope) in &envelopes {
+        assert_eq!(
+            client.decrypt(&c, envelope, b"").await.unwrap(),
+            text.as_bytes()
+        );
+    }
+}
+
+#[tokio::test]
 async fn deleting_an_attached_key_needs_force_and_stops_new_encryptions_at_once() {
     let f = fixture();
     let (key, _) = f.validated_key("customer").await;

@@ -609,7 +609,9 @@ impl ControlPlane {
 
     /// Re-wraps the stored DEK records of every compartment attached to `id` under its current
     /// KMS key, `batch` records at a time, calling `progress` after each batch. Resumes an
-    /// interrupted run; records already under the current key are skipped.
+    /// interrupted run; records already under the current key are skipped; records no key can
+    /// unwrap any more are counted in [`RewrapJob::unreadable`] and passed over (the audit event
+    /// then reports a failure).
     ///
     /// # Errors
     /// The first KMS or store error (progress up to the last full batch is kept).
@@ -649,16 +651,22 @@ impl ControlPlane {
             .await;
         let summary = |job: &RewrapJob| {
             format!(
-                "examined {}, rewrapped {}, already current {}",
-                job.examined, job.rewrapped, job.already_current
+                "examined {}, rewrapped {}, already current {}, unreadable {}",
+                job.examined, job.rewrapped, job.already_current, job.unreadable
             )
         };
         match outcome {
             Ok(()) => {
                 job.finished_at = Some(now());
                 self.inner.store.put_rewrap_job(&job).await?;
+                // Records no key could unwrap were passed over: not everything moved.
+                let outcome = if job.unreadable == 0 {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                };
                 self.inner.record(
-                    AuditEvent::new(actor, "rewrap.complete", Outcome::Success)
+                    AuditEvent::new(actor, "rewrap.complete", outcome)
                         .key(id)
                         .detail(summary(&job)),
                 )?;

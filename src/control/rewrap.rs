@@ -7,13 +7,17 @@
 //! Compact envelopes stay readable throughout: they authenticate the DEK record's identity
 //! (DEK id, compartment, commitment), not its wrapping. Self-contained envelopes carry their own
 //! wrapped DEK and stay readable while the earlier key is reachable.
+//!
+//! A record no key can unwrap any more (its key disabled, revoked or destroyed, or the record
+//! damaged) is counted as unreadable and passed over, so it does not hold back the others; a
+//! later run tries it again. Any other failure stops the run, to be resumed.
 
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::model::ExternalKeyId;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::format::DekRecord;
 use crate::ids::{CompartmentId, DekId, KeyConfigId};
 use crate::kms::{KmsBackend, RetryPolicy, WrapContext};
@@ -35,6 +39,10 @@ pub struct RewrapJob {
     pub rewrapped: u64,
     /// Records already under the target key.
     pub already_current: u64,
+    /// Records that no key could unwrap (disabled, revoked or destroyed, or damaged): passed
+    /// over, and tried again by the next run.
+    #[serde(default)]
+    pub unreadable: u64,
     /// When it started.
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
@@ -52,6 +60,7 @@ impl RewrapJob {
             examined: 0,
             rewrapped: 0,
             already_current: 0,
+            unreadable: 0,
             started_at: super::now(),
             finished_at: None,
         }
@@ -74,23 +83,38 @@ pub(crate) struct Rewrapper<'a> {
     pub(crate) key_config: &'a KeyConfigId,
 }
 
+/// What became of one record.
+enum Rewrapped {
+    Yes,
+    AlreadyCurrent,
+    Unreadable,
+}
+
 impl Rewrapper<'_> {
-    /// Re-wraps one record if it is not under `target` yet; `true` if it was re-wrapped.
-    async fn rewrap_one(&self, target: &str, record: DekRecord) -> Result<bool> {
+    /// Re-wraps one record if it is not under `target` yet.
+    async fn rewrap_one(&self, target: &str, record: DekRecord) -> Result<Rewrapped> {
         if record.wrapped().key_id == target {
-            return Ok(false);
+            return Ok(Rewrapped::AlreadyCurrent);
         }
         let (backend, retry) = (self.backend, self.retry);
         let context = WrapContext::new(record.compartment(), self.key_config);
-        let dek = retry
+        let dek = match retry
             .run(|| backend.unwrap(record.wrapped(), &context), |_| {})
-            .await?;
+            .await
+        {
+            Ok(dek) => dek,
+            Err(e) if is_unreadable(&e) => {
+                tracing::warn!(compartment = %record.compartment(), dek_id = %record.dek_id(), error = %e, "rewrap passes over a DEK record no key can unwrap");
+                return Ok(Rewrapped::Unreadable);
+            }
+            Err(e) => return Err(e),
+        };
         let wrapped = retry.run(|| backend.wrap(&dek, &context), |_| {}).await?;
         drop(dek);
         self.store
             .put(&record.with_wrapping(self.key_config.clone(), wrapped))
             .await?;
-        Ok(true)
+        Ok(Rewrapped::Yes)
     }
 
     /// Walks the records of `compartments` (sorted) from the job's cursor, `batch` at a time,
@@ -130,11 +154,11 @@ impl Rewrapper<'_> {
                     match outcome {
                         Ok(rewrapped) => {
                             job.examined += 1;
-                            if rewrapped {
-                                job.rewrapped += 1;
-                            } else {
-                                job.already_current += 1;
-                            }
+                            *match rewrapped {
+                                Rewrapped::Yes => &mut job.rewrapped,
+                                Rewrapped::AlreadyCurrent => &mut job.already_current,
+                                Rewrapped::Unreadable => &mut job.unreadable,
+                            } += 1;
                         }
                         Err(e) => {
                             first_error.get_or_insert(e);
@@ -152,4 +176,13 @@ impl Rewrapper<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether an unwrap failure means the record cannot be read by any run (as opposed to one the
+/// next run may get past: throttling, an outage, a missing permission).
+fn is_unreadable(e: &crate::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::KeyRevoked | ErrorKind::NotFound | ErrorKind::Integrity
+    )
 }

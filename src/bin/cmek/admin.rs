@@ -184,18 +184,27 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cmek rewrap …`: progress on stderr, the finished job on stdout.
+/// `cmek rewrap …`: progress on stderr, the finished job on stdout; fails when records were
+/// left unreadable.
 pub(crate) async fn rewrap(state: StateArgs, id: String, batch: usize) -> cmek::Result<ExitCode> {
     let (plane, actor) = open(&state)?;
     let id = ExternalKeyId::new(id)?;
     let job = plane
         .rewrap(&actor, &id, batch, |job| {
             eprintln!(
-                "rewrap {}: examined {}, rewrapped {}, already current {}",
-                job.external_key_id, job.examined, job.rewrapped, job.already_current
+                "rewrap {}: examined {}, rewrapped {}, already current {}, unreadable {}",
+                job.external_key_id,
+                job.examined,
+                job.rewrapped,
+                job.already_current,
+                job.unreadable
             );
         })
         .await?;
     print(&job)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(if job.unreadable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
