@@ -1192,6 +1192,137 @@ async fn rotate_then_rewrap_keeps_everything_readable_and_resumes_after_a_failur
 // ---------------------------------------------------------------------------------------------
 // Deletion and revocation
 
+/// Runs `a` and `b` at the same time on a plane over `store`: a slow validation of the key
+/// against a rotation, and two slow rotations against each other. No change may be lost.
+async fn concurrent_key_changes_are_not_lost(store: Arc<dyn ControlStore>) {
+    let f = fixture_with(store, CacheConfig::default());
+    let (key, old_kms) = f.validated_key("old").await;
+    let (b, b_kms) = f.keys.add(f.dir.path(), "b");
+    let (c, c_kms) = f.keys.add(f.dir.path(), "c");
+
+    // A validation that takes a while, and a rotation that lands meanwhile.
+    old_kms.set_latency(Duration::from_millis(100));
+    let (validated, rotated) =
+        tokio::join!(f.plane.validate_external_key(&f.admin, &key.id), async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            f.plane
+                .rotate_external_key(&f.admin, &key.id, b.clone())
+                .await
+        });
+    old_kms.set_latency(Duration::ZERO);
+    assert_eq!(validated.unwrap().status, ValidationStatus::Success);
+    rotated.unwrap();
+    let stored = f.plane.external_key(&key.id).await.unwrap();
+    assert_eq!(
+        stored.provider_config, b,
+        "the validation did not undo the rotation"
+    );
+    assert_eq!(
+        stored.previous_provider_configs,
+        std::slice::from_ref(&key.provider_config)
+    );
+    assert!(
+        stored.is_validated(),
+        "the rotation's validation of b stands"
+    );
+
+    // Two rotations at once: both keys stay known to the configuration.
+    b_kms.set_latency(Duration::from_millis(50));
+    c_kms.set_latency(Duration::from_millis(50));
+    let (d, _) = f.keys.add(f.dir.path(), "d");
+    let (to_c, to_d) = tokio::join!(
+        f.plane.rotate_external_key(&f.admin, &key.id, c.clone()),
+        f.plane.rotate_external_key(&f.admin, &key.id, d.clone()),
+    );
+    to_c.unwrap();
+    to_d.unwrap();
+    let stored = f.plane.external_key(&key.id).await.unwrap();
+    let mut known: Vec<String> = std::iter::once(&stored.provider_config)
+        .chain(&stored.previous_provider_configs)
+        .map(ProviderConfig::key_ref)
+        .collect();
+    known.sort();
+    let mut expected: Vec<String> = [&key.provider_config, &b, &c, &d]
+        .into_iter()
+        .map(ProviderConfig::key_ref)
+        .collect();
+    expected.sort();
+    assert_eq!(
+        known, expected,
+        "no key the configuration wrapped with is forgotten"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_key_changes_are_not_lost_in_memory() {
+    concurrent_key_changes_are_not_lost(Arc::new(MemoryControlStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_key_changes_are_not_lost_on_disk() {
+    let state = tempfile::tempdir().unwrap();
+    concurrent_key_changes_are_not_lost(Arc::new(FileControlStore::open(state.path()).unwrap()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_file_store_updates_a_configuration_by_compare_and_swap_across_instances() {
+    let state = tempfile::tempdir().unwrap();
+    let f = fixture_with(
+        Arc::new(FileControlStore::open(state.path()).unwrap()),
+        CacheConfig::default(),
+    );
+    let (key, _) = f.key("shared").await;
+
+    // A stale token is refused.
+    let store = FileControlStore::open(state.path()).unwrap();
+    let mut changed = key.clone();
+    changed.display_name = "renamed".into();
+    changed.updated_at = key.updated_at + time::Duration::seconds(1);
+    store
+        .update_external_key(&changed, key.updated_at)
+        .await
+        .unwrap();
+    let err = store
+        .update_external_key(&changed, key.updated_at)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+
+    // 16 writers on separate store instances (as separate processes would be), each adding its
+    // mark by read, change, compare-and-swap, retried on conflict: every mark survives.
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let (root, id) = (state.path().to_owned(), key.id.clone());
+            tokio::spawn(async move {
+                let store = FileControlStore::open(root).unwrap();
+                loop {
+                    let mut k = store.external_key(&id).await.unwrap().unwrap();
+                    let read_at = k.updated_at;
+                    k.display_name.push_str(&format!(" w{i}"));
+                    k.updated_at = read_at + time::Duration::microseconds(1);
+                    match store.update_external_key(&k, read_at).await {
+                        Ok(()) => break,
+                        Err(e) => assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let name = store
+        .external_key(&key.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .display_name;
+    for i in 0..16 {
+        assert!(name.contains(&format!(" w{i}")), "{name}");
+    }
+}
+
 #[tokio::test]
 async fn rewrap_passes_over_a_record_no_key_can_unwrap_and_a_later_run_retries_it() {
     let mut cache = CacheConfig::default();

@@ -1,13 +1,16 @@
 //! A durable [`ControlStore`] of small JSON files under one directory.
 //!
 //! Why files and not SQLite: the state is small (configurations and compartments), each object
-//! is written whole and atomically (temporary file, fsync, rename, directory fsync), and the one
-//! operation that must be atomic across processes, attaching a key, maps onto the filesystem's
-//! own atomic primitive: creating `attachments/<compartment>` with `O_CREAT|O_EXCL`. No C
-//! library, no schema migrations, and the files can be read with `cat`.
+//! is written whole and atomically (temporary file, fsync, rename, directory fsync), and the two
+//! operations that must be atomic across processes map onto the filesystem's own primitives:
+//! attaching a key is an exclusive create of `attachments/<compartment>` (a complete temporary
+//! file hard-linked into place, which fails if it exists), and updating a configuration is a
+//! compare-and-swap under an exclusive `flock` of its `.lock` file. No C library, no schema
+//! migrations, and the files can be read with `cat`.
 //!
-//! Layout: `external_keys/<id>.json`, `compartments/<id>.json`, `attachments/<id>` (the attached
-//! `ekey_` id, the source of truth for the write-once field), `rewrap_jobs/<id>.json`.
+//! Layout: `external_keys/<id>.json` (and `<id>.lock`), `compartments/<id>.json`,
+//! `attachments/<id>` (the attached `ekey_` id, the source of truth for the write-once field),
+//! `rewrap_jobs/<id>.json`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ use time::OffsetDateTime;
 
 use super::model::{Compartment, ExternalKey, ExternalKeyId};
 use super::rewrap::RewrapJob;
-use super::store::{ControlStore, conflict};
+use super::store::{ControlStore, changed_meanwhile, conflict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::CompartmentId;
 use crate::store::write_atomically;
@@ -186,13 +189,27 @@ impl ControlStore for FileControlStore {
         .await
     }
 
-    async fn update_external_key(&self, key: &ExternalKey) -> Result<()> {
+    async fn update_external_key(
+        &self,
+        key: &ExternalKey,
+        expected_updated_at: OffsetDateTime,
+    ) -> Result<()> {
         let (path, key) = (self.key_path(&key.id), key.clone());
+        let lock_path = path.with_extension("lock");
         blocking(move || {
-            if !path.exists() {
-                return Err(Error::not_found(format!("no external key {}", key.id)));
+            // Compare and replace under an exclusive lock, which other processes respect too.
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            lock.lock()?;
+            let stored: Option<ExternalKey> = read_json(&path)?;
+            match stored {
+                Some(stored) if stored.updated_at == expected_updated_at => write_json(&path, &key),
+                Some(_) => Err(changed_meanwhile(&key.id)),
+                None => Err(Error::not_found(format!("no external key {}", key.id))),
             }
-            write_json(&path, &key)
         })
         .await
     }

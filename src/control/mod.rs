@@ -223,6 +223,30 @@ impl Plane {
             .ok_or_else(|| Error::not_found(format!("no external key {id}")))
     }
 
+    /// Applies `change` to the stored configuration `id` and saves it, reading and applying
+    /// again when another writer changed it in between (compare-and-swap on `updated_at`).
+    async fn update_key(
+        &self,
+        id: &ExternalKeyId,
+        mut change: impl FnMut(&mut ExternalKey) -> Result<()>,
+    ) -> Result<ExternalKey> {
+        for _ in 0..16 {
+            let mut key = self.key(id).await?;
+            let read_at = key.updated_at;
+            change(&mut key)?;
+            // Strictly later, so an update within the same microsecond still changes the token.
+            key.updated_at = now().max(read_at + time::Duration::microseconds(1));
+            match self.store.update_external_key(&key, read_at).await {
+                Ok(()) => return Ok(key),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::transient(format!(
+            "external key {id} keeps changing under this update; try again"
+        )))
+    }
+
     /// The backend of a configuration: current and earlier keys, watched for revocation.
     async fn backend(&self, key: &ExternalKey) -> Result<Arc<dyn KmsBackend>> {
         self.backends.backend(key).await
@@ -379,20 +403,27 @@ impl ControlPlane {
         actor: &Actor,
         id: &ExternalKeyId,
     ) -> Result<ValidationResult> {
-        let mut key = self.inner.key(id).await?;
+        let key = self.inner.key(id).await?;
         let result = match self.inner.backend(&key).await {
             Ok(backend) => {
                 validation::validate(backend.as_ref(), &key.key_config(), &self.inner.retry).await
             }
             Err(e) => validation::classify(&e),
         };
-        key.last_validation = Some(ValidationRecord {
+        let record = ValidationRecord {
             status: result.status,
             at: now(),
             key_ref: key.provider_config.key_ref(),
-        });
-        key.updated_at = now();
-        self.inner.store.update_external_key(&key).await?;
+        };
+        self.inner
+            .update_key(id, |stored| {
+                // A rotation may have landed meanwhile: the result is about the earlier key then.
+                if stored.provider_config.key_ref() == record.key_ref {
+                    stored.last_validation = Some(record.clone());
+                }
+                Ok(())
+            })
+            .await?;
         let outcome = if result.status == ValidationStatus::Success {
             Outcome::Success
         } else {
@@ -420,16 +451,13 @@ impl ControlPlane {
         provider_config: ProviderConfig,
     ) -> Result<ExternalKey> {
         let event = AuditEvent::new(actor, "external_key.rotate", Outcome::Success).key(id);
-        let op = async {
-            let mut key = self.inner.key(id).await?;
+        let rotatable = |key: &ExternalKey, config: &ProviderConfig| {
             if key.is_deleted() {
                 return Err(Error::new(
                     ErrorKind::Validation,
                     format!("external key {id} is deleted"),
                 ));
             }
-            let mut config = provider_config;
-            config.validate()?;
             if config.provider() != key.provider_config.provider() {
                 return Err(Error::new(
                     ErrorKind::Validation,
@@ -440,6 +468,13 @@ impl ControlPlane {
                     ),
                 ));
             }
+            Ok(())
+        };
+        let op = async {
+            let mut config = provider_config;
+            config.validate()?;
+            let key = self.inner.key(id).await?;
+            rotatable(&key, &config)?;
             let backend = self.inner.backends.factory().backend(&config).await?;
             let result =
                 validation::validate(backend.as_ref(), &key.key_config(), &self.inner.retry).await;
@@ -449,16 +484,21 @@ impl ControlPlane {
                     format!("the new key failed validation: {}: {}", e.kind, e.message),
                 ));
             }
-            let at = now();
-            let old = std::mem::replace(&mut key.provider_config, config);
-            key.previous_provider_configs.push(old);
-            key.last_validation = Some(ValidationRecord {
+            let validated = ValidationRecord {
                 status: ValidationStatus::Success,
-                at,
-                key_ref: key.provider_config.key_ref(),
-            });
-            key.updated_at = at;
-            self.inner.store.update_external_key(&key).await?;
+                at: now(),
+                key_ref: config.key_ref(),
+            };
+            let key = self
+                .inner
+                .update_key(id, |stored| {
+                    rotatable(stored, &config)?;
+                    let old = std::mem::replace(&mut stored.provider_config, config.clone());
+                    stored.previous_provider_configs.push(old);
+                    stored.last_validation = Some(validated.clone());
+                    Ok(())
+                })
+                .await?;
             self.client.retire(&key.key_config());
             Ok(key)
         };
@@ -494,9 +534,13 @@ impl ControlPlane {
                 ));
             }
             if key.deleted_at.is_none() {
-                key.deleted_at = Some(now());
-                key.updated_at = now();
-                self.inner.store.update_external_key(&key).await?;
+                key = self
+                    .inner
+                    .update_key(id, |stored| {
+                        stored.deleted_at.get_or_insert_with(now);
+                        Ok(())
+                    })
+                    .await?;
             }
             self.client.retire(&key.key_config());
             Ok(key)

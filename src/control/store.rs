@@ -23,11 +23,17 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
     /// [`ErrorKind::AlreadyExists`] if its id is taken.
     async fn insert_external_key(&self, key: &ExternalKey) -> Result<()>;
 
-    /// Replaces a configuration.
+    /// Replaces a configuration if its stored `updated_at` is still `expected_updated_at`
+    /// (compare-and-swap: atomic however many writers race, so no change is lost).
     ///
     /// # Errors
-    /// [`ErrorKind::NotFound`] if it does not exist.
-    async fn update_external_key(&self, key: &ExternalKey) -> Result<()>;
+    /// [`ErrorKind::NotFound`] if it does not exist; [`ErrorKind::AlreadyExists`] (409,
+    /// conflict) if it was changed since it was read.
+    async fn update_external_key(
+        &self,
+        key: &ExternalKey,
+        expected_updated_at: OffsetDateTime,
+    ) -> Result<()>;
 
     /// Loads a configuration.
     ///
@@ -84,6 +90,14 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
     async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>>;
 }
 
+/// The error of an update that lost a race with another writer.
+pub(crate) fn changed_meanwhile(id: &ExternalKeyId) -> Error {
+    Error::new(
+        ErrorKind::AlreadyExists,
+        format!("external key {id} was changed by another writer; read it again and retry"),
+    )
+}
+
 pub(crate) fn conflict(id: &CompartmentId, attached: &ExternalKeyId) -> Error {
     Error::new(
         ErrorKind::AlreadyExists,
@@ -131,13 +145,18 @@ impl ControlStore for MemoryControlStore {
         Ok(())
     }
 
-    async fn update_external_key(&self, key: &ExternalKey) -> Result<()> {
+    async fn update_external_key(
+        &self,
+        key: &ExternalKey,
+        expected_updated_at: OffsetDateTime,
+    ) -> Result<()> {
         let mut s = self.lock();
         match s.keys.get_mut(&key.id) {
-            Some(slot) => {
+            Some(slot) if slot.updated_at == expected_updated_at => {
                 *slot = key.clone();
                 Ok(())
             }
+            Some(_) => Err(changed_meanwhile(&key.id)),
             None => Err(Error::not_found(format!("no external key {}", key.id))),
         }
     }
