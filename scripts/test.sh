@@ -57,3 +57,5 @@ export CMEK_REQUIRE_EMULATORS=1
 # configuration needs a provider it was built without.
 cargo test --lib --locked "$@"
 cargo test --all-features --locked "$@"
+# The example's whole customer-managed-key life cycle, end to end (it asserts as it goes).
+cargo run --all-features --locked --quiet --example storage_service >/dev/null
