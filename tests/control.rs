@@ -944,6 +944,98 @@ async fn a_cold_configuration_is_built_once_for_many_compartments() {
     );
 }
 
+/// Races a deletion (not forced) of a key against attachments of it, many times: either the
+/// deletion wins and nothing ends up attached to the deleted key, or it is refused (409) and
+/// the key stays.
+async fn deletion_and_attachments_never_cross(store: Arc<dyn ControlStore>) {
+    let f = fixture_with(store, CacheConfig::default());
+    let plane = Arc::new(f.plane);
+    let admin = f.admin.clone();
+    for round in 0..20 {
+        let (config, _) = f.keys.add(f.dir.path(), &format!("k{round}"));
+        let key = plane
+            .create_external_key(&admin, CreateExternalKey::new("k", config))
+            .await
+            .unwrap();
+        plane.validate_external_key(&admin, &key.id).await.unwrap();
+        let mut compartments = Vec::new();
+        for _ in 0..4 {
+            compartments.push(
+                plane
+                    .create_compartment(&admin, None)
+                    .await
+                    .unwrap()
+                    .compartment_id,
+            );
+        }
+        let start = Arc::new(tokio::sync::Barrier::new(compartments.len() + 2));
+        let attaches: Vec<_> = compartments
+            .iter()
+            .map(|c| {
+                let (plane, admin, start, c, id) = (
+                    plane.clone(),
+                    admin.clone(),
+                    start.clone(),
+                    c.clone(),
+                    key.id.clone(),
+                );
+                tokio::spawn(async move {
+                    start.wait().await;
+                    plane.attach_external_key(&admin, &c, &id).await
+                })
+            })
+            .collect();
+        let created = {
+            let (plane, admin, start, id) =
+                (plane.clone(), admin.clone(), start.clone(), key.id.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                plane.create_compartment(&admin, Some(&id)).await
+            })
+        };
+        start.wait().await;
+        let deleted = plane.delete_external_key(&admin, &key.id, false).await;
+        for task in attaches {
+            if let Err(e) = task.await.unwrap() {
+                assert_eq!(e.kind(), ErrorKind::Validation, "{e}");
+            }
+        }
+        if let Err(e) = created.await.unwrap() {
+            assert_eq!(e.kind(), ErrorKind::Validation, "{e}");
+        }
+        let stored = plane.external_key(&key.id).await.unwrap();
+        let attached = plane
+            .compartments()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.external_key_id.as_ref() == Some(&key.id))
+            .count();
+        match deleted {
+            Ok(_) => assert!(
+                stored.is_deleted() && attached == 0,
+                "round {round}: deleted, yet {attached} compartment(s) attached"
+            ),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+                assert!(!stored.is_deleted() && attached > 0, "round {round}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletion_and_attachments_never_cross_in_memory() {
+    deletion_and_attachments_never_cross(Arc::new(MemoryControlStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletion_and_attachments_never_cross_on_disk() {
+    let state = tempfile::tempdir().unwrap();
+    deletion_and_attachments_never_cross(Arc::new(FileControlStore::open(state.path()).unwrap()))
+        .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rotation and rewrap
 

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use super::model::{Compartment, ExternalKey, ExternalKeyId};
 use super::rewrap::RewrapJob;
-use super::store::{ControlStore, changed_meanwhile, conflict};
+use super::store::{ControlStore, attachable, changed_meanwhile, conflict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::CompartmentId;
 use crate::store::write_atomically;
@@ -135,6 +135,19 @@ fn load_compartment(path: &Path, attachments: &Path) -> Result<Option<Compartmen
     Ok(Some(c))
 }
 
+/// Takes the exclusive lock (`flock`, across processes) of the configuration stored at
+/// `key_path`; it is held until the returned file is dropped. Updates of the configuration
+/// and new attachments of it happen under this lock.
+fn lock_key(key_path: &Path) -> Result<std::fs::File> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(key_path.with_extension("lock"))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
 /// Creates `path` with `contents` only if it does not exist, atomically across processes:
 /// readers see no file or the whole file. The contents go to a temporary file first, which is
 /// then hard-linked to `path` (`link` fails if `path` exists).
@@ -195,15 +208,9 @@ impl ControlStore for FileControlStore {
         expected_updated_at: OffsetDateTime,
     ) -> Result<()> {
         let (path, key) = (self.key_path(&key.id), key.clone());
-        let lock_path = path.with_extension("lock");
         blocking(move || {
-            // Compare and replace under an exclusive lock, which other processes respect too.
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)?;
-            lock.lock()?;
+            // Compare and replace under the key's lock, which other processes respect too.
+            let _locked = lock_key(&path)?;
             let stored: Option<ExternalKey> = read_json(&path)?;
             match stored {
                 Some(stored) if stored.updated_at == expected_updated_at => write_json(&path, &key),
@@ -235,7 +242,17 @@ impl ControlStore for FileControlStore {
             compartment.clone(),
         );
         let attachment = self.attachment_path(&compartment.compartment_id);
+        let key_path = c.external_key_id.as_ref().map(|key| self.key_path(key));
         blocking(move || {
+            // With a key: under its lock, checked as for an attachment.
+            let _locked = match (&key_path, &c.external_key_id) {
+                (Some(key_path), Some(key)) => {
+                    let locked = lock_key(key_path)?;
+                    attachable(read_json::<ExternalKey>(key_path)?.as_ref(), key)?;
+                    Some(locked)
+                }
+                _ => None,
+            };
             let mut stored = c.clone();
             stored.external_key_id = None;
             let bytes = serde_json::to_vec_pretty(&stored)
@@ -290,16 +307,22 @@ impl ControlStore for FileControlStore {
         key: &ExternalKeyId,
         at: OffsetDateTime,
     ) -> Result<Compartment> {
-        let (path, attachment_path, attachments) = (
+        let (path, attachment_path, attachments, key_path) = (
             self.compartment_path(id),
             self.attachment_path(id),
             self.root.join("attachments"),
+            self.key_path(key),
         );
         let (id, key) = (id.clone(), key.clone());
         blocking(move || {
             let Some(mut c): Option<Compartment> = read_json(&path)? else {
                 return Err(Error::not_found(format!("no compartment {id}")));
             };
+            // Under the key's lock, so a deletion cannot slip in between the check and the
+            // attachment.
+            let _locked = lock_key(&key_path)?;
+            let stored: Option<ExternalKey> = read_json(&key_path)?;
+            attachable(stored.as_ref(), &key)?;
             if !create_once(&attachment_path, key.as_str().as_bytes())? {
                 let existing = attachment(&attachment_path)?
                     .ok_or_else(|| Error::transient("attachment vanished"))?;

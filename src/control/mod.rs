@@ -534,13 +534,34 @@ impl ControlPlane {
                 ));
             }
             if key.deleted_at.is_none() {
+                let deleted_at = now();
                 key = self
                     .inner
                     .update_key(id, |stored| {
-                        stored.deleted_at.get_or_insert_with(now);
+                        stored.deleted_at.get_or_insert(deleted_at);
                         Ok(())
                     })
                     .await?;
+                // An attachment that raced the check above landed before the mark (the store
+                // refuses attaching a deleted key): take the deletion back.
+                let attached = self.attached_compartments(id).await?;
+                if !attached.is_empty() && !force {
+                    self.inner
+                        .update_key(id, |stored| {
+                            if stored.deleted_at == Some(deleted_at) {
+                                stored.deleted_at = None;
+                            }
+                            Ok(())
+                        })
+                        .await?;
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!(
+                            "external key {id} was attached to {} compartment(s) meanwhile; delete with force to stop their new writes",
+                            attached.len()
+                        ),
+                    ));
+                }
             }
             self.client.retire(&key.key_config());
             Ok(key)

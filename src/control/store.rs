@@ -47,10 +47,11 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
     /// The store's failure.
     async fn external_keys(&self) -> Result<Vec<ExternalKey>>;
 
-    /// Adds a compartment.
+    /// Adds a compartment. With an external key, the key is checked as in
+    /// [`ControlStore::attach`].
     ///
     /// # Errors
-    /// [`ErrorKind::AlreadyExists`] if its id is taken.
+    /// [`ErrorKind::AlreadyExists`] if its id is taken; as for `attach` for its key.
     async fn insert_compartment(&self, compartment: &Compartment) -> Result<()>;
 
     /// Loads a compartment.
@@ -66,10 +67,13 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
     async fn compartments(&self) -> Result<Vec<Compartment>>;
 
     /// Sets a compartment's external key, once: setting the same key again returns the
-    /// compartment unchanged; another key fails with [`ErrorKind::AlreadyExists`].
+    /// compartment unchanged; another key fails with [`ErrorKind::AlreadyExists`]. The key must
+    /// exist and not be deleted, checked atomically with respect to
+    /// [`ControlStore::update_external_key`] (so an attachment and a deletion cannot cross).
     ///
     /// # Errors
-    /// [`ErrorKind::NotFound`] for an unknown compartment; the conflict above.
+    /// [`ErrorKind::NotFound`] for an unknown compartment or key; [`ErrorKind::Validation`] for
+    /// a deleted key; the conflict above.
     async fn attach(
         &self,
         id: &CompartmentId,
@@ -88,6 +92,18 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// The store's failure.
     async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>>;
+}
+
+/// Whether `key` (stored as `stored`) may be attached: it exists and is not deleted.
+pub(crate) fn attachable(stored: Option<&ExternalKey>, key: &ExternalKeyId) -> Result<()> {
+    match stored {
+        None => Err(Error::not_found(format!("no external key {key}"))),
+        Some(k) if k.is_deleted() => Err(Error::new(
+            ErrorKind::Validation,
+            format!("external_key_id: {key} is deleted"),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// The error of an update that lost a race with another writer.
@@ -179,6 +195,9 @@ impl ControlStore for MemoryControlStore {
                 format!("compartment {} exists", compartment.compartment_id),
             ));
         }
+        if let Some(key) = &compartment.external_key_id {
+            attachable(s.keys.get(key), key)?;
+        }
         s.compartments
             .insert(compartment.compartment_id.clone(), compartment.clone());
         Ok(())
@@ -205,10 +224,12 @@ impl ControlStore for MemoryControlStore {
         at: OffsetDateTime,
     ) -> Result<Compartment> {
         let mut s = self.lock();
+        let s = &mut *s;
         let c = s
             .compartments
             .get_mut(id)
             .ok_or_else(|| Error::not_found(format!("no compartment {id}")))?;
+        attachable(s.keys.get(key), key)?;
         match &c.external_key_id {
             Some(existing) if existing == key => Ok(c.clone()),
             Some(existing) => Err(conflict(id, existing)),
