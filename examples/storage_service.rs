@@ -122,10 +122,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // 3. The customer rotates to a new key; stored data keys are re-wrapped, data untouched.
-    let old_key_file = match &key.provider_config {
-        ProviderConfig::Local { key_file } => PathBuf::from(key_file),
-        _ => unreachable!("a local key"),
+    let ProviderConfig::Local { key_file } = &key.provider_config else {
+        return Err("the customer key of this example is a local key file".into());
     };
+    let old_key_file = PathBuf::from(key_file);
     store
         .plane
         .rotate_external_key(&admin, &key.id, customer_key(&state, "v2")?)

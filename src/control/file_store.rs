@@ -242,16 +242,19 @@ impl ControlStore for FileControlStore {
             compartment.clone(),
         );
         let attachment = self.attachment_path(&compartment.compartment_id);
-        let key_path = c.external_key_id.as_ref().map(|key| self.key_path(key));
+        let key = c
+            .external_key_id
+            .clone()
+            .map(|key| (self.key_path(&key), key));
         blocking(move || {
             // With a key: under its lock, checked as for an attachment.
-            let _locked = match (&key_path, &c.external_key_id) {
-                (Some(key_path), Some(key)) => {
+            let _locked = match &key {
+                Some((key_path, key)) => {
                     let locked = lock_key(key_path)?;
                     attachable(read_json::<ExternalKey>(key_path)?.as_ref(), key)?;
                     Some(locked)
                 }
-                _ => None,
+                None => None,
             };
             let mut stored = c.clone();
             stored.external_key_id = None;
