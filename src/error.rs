@@ -39,6 +39,9 @@ pub enum ErrorKind {
     Transient,
     /// The library or a backend is configured wrongly (for example the compact form without a DEK store).
     Configuration,
+    /// The operation's deadline passed (every KMS attempt and backoff counts against it); it
+    /// may succeed if tried again later.
+    DeadlineExceeded,
 }
 
 impl ErrorKind {
@@ -56,12 +59,16 @@ impl ErrorKind {
             Self::Throttled => "throttled",
             Self::Transient => "transient",
             Self::Configuration => "configuration",
+            Self::DeadlineExceeded => "deadline_exceeded",
         }
     }
 
     /// Whether an operation failing with this kind may succeed if tried again later.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Throttled | Self::Transient)
+        matches!(
+            self,
+            Self::Throttled | Self::Transient | Self::DeadlineExceeded
+        )
     }
 
     /// The error code of the reference API's error table, to answer with next to
@@ -77,7 +84,7 @@ impl ErrorKind {
             Self::AlreadyExists => "already_exists",
             Self::Validation | Self::KeyRevoked | Self::Integrity => "validation_error",
             Self::Throttled => "rate_limited",
-            Self::Configuration | Self::Transient => "server_error",
+            Self::Configuration | Self::Transient | Self::DeadlineExceeded => "server_error",
         }
     }
 
@@ -93,6 +100,7 @@ impl ErrorKind {
             Self::Throttled => 429,
             Self::Configuration => 500,
             Self::Transient => 503,
+            Self::DeadlineExceeded => 504,
         }
     }
 }
@@ -102,6 +110,9 @@ impl fmt::Display for ErrorKind {
         f.write_str(self.as_str())
     }
 }
+
+/// What every integrity failure says.
+const OPAQUE: &str = "decryption failed";
 
 /// The error of every fallible operation in this crate.
 ///
@@ -117,16 +128,28 @@ struct Inner {
     kind: ErrorKind,
     message: Cow<'static, str>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    /// Answered from a key's breaker without asking the KMS (so not worth retrying now).
+    fail_fast: bool,
 }
 
 impl Error {
     /// Creates an error of `kind` with a message.
+    ///
+    /// An [`ErrorKind::Integrity`] error always reads "decryption failed", whatever `message`
+    /// says (which side, which check, which key or request is nobody's business but the
+    /// operator's): the detail goes to `tracing` at debug level only.
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        let mut message = message.into();
+        if kind == ErrorKind::Integrity && message != OPAQUE {
+            tracing::debug!(detail = %message, "integrity failure");
+            message = Cow::Borrowed(OPAQUE);
+        }
         Self {
             inner: Box::new(Inner {
                 kind,
-                message: message.into(),
+                message,
                 source: None,
+                fail_fast: false,
             }),
         }
     }
@@ -153,15 +176,30 @@ impl Error {
         self.inner.kind.is_retryable()
     }
 
-    /// Prefixes the message with where the error happened.
+    /// Prefixes the message with where the error happened (never for integrity failures,
+    /// which stay opaque).
     pub(crate) fn with_context(mut self, context: impl fmt::Display) -> Self {
-        self.inner.message = format!("{context}: {}", self.inner.message).into();
+        if self.inner.kind != ErrorKind::Integrity {
+            self.inner.message = format!("{context}: {}", self.inner.message).into();
+        }
         self
+    }
+
+    /// Marks the error as answered without asking the KMS (a key's breaker is open).
+    pub(crate) fn failing_fast(mut self) -> Self {
+        self.inner.fail_fast = true;
+        self
+    }
+
+    /// Whether the error was answered from a key's breaker, without asking the KMS: retrying
+    /// at once would only get the same answer.
+    pub fn is_fail_fast(&self) -> bool {
+        self.inner.fail_fast
     }
 
     /// The opaque authentication failure.
     pub(crate) fn integrity() -> Self {
-        Self::new(ErrorKind::Integrity, "decryption failed")
+        Self::new(ErrorKind::Integrity, OPAQUE)
     }
 
     pub(crate) fn invalid_input(message: impl Into<Cow<'static, str>>) -> Self {
@@ -246,6 +284,17 @@ mod tests {
             Error::integrity().to_string(),
             "integrity: decryption failed"
         );
+    }
+
+    #[test]
+    fn integrity_errors_drop_their_detail() {
+        let e = Error::new(
+            ErrorKind::Integrity,
+            "AWS KMS Decrypt on arn:aws:kms:us-east-1:1:key/k: InvalidCiphertextException (request id 42)",
+        )
+        .with_context("unwrapping");
+        assert_eq!(e.to_string(), "integrity: decryption failed");
+        assert!(!format!("{e:?}").contains("arn:"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod ids;
 mod key;
 pub mod kms;
 pub mod store;
+mod telemetry;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
@@ -32,7 +33,7 @@ pub use key::{DATA_KEY_LEN, DataKey};
 #[cfg(feature = "local")]
 pub use kms::local::LocalKms;
 pub use kms::{
-    DynKmsBackend, KeyBinding, KeyDescription, KeyResolver, KmsBackend, Provider, RetryPolicy,
-    StaticKey, WrapContext, WrappedKey,
+    BreakerConfig, DynKmsBackend, KeyBinding, KeyDescription, KeyHealth, KeyResolver, KeyState,
+    KmsBackend, Provider, RetryPolicy, StaticKey, WrapContext, WrappedKey,
 };
 pub use store::{DekStore, FileDekStore, MemoryDekStore};

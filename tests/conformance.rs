@@ -34,6 +34,11 @@ async fn the_suite_catches_a_backend_that_ignores_the_context() {
     // A backend that forgets the context must fail the suite: the suite is not vacuous.
     #[derive(Debug)]
     struct IgnoresContext(LocalKms);
+    impl std::fmt::Display for IgnoresContext {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("IgnoresContext")
+        }
+    }
     #[async_trait::async_trait]
     impl cmek::KmsBackend for IgnoresContext {
         fn provider(&self) -> cmek::Provider {

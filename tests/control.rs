@@ -21,7 +21,7 @@ use cmek::{
     CacheConfig, CompartmentId, DataKey, DekStore, ErrorKind, FileDekStore, KeyDescription,
     KmsBackend, LocalKms, MemoryDekStore, Provider, WrapContext, WrappedKey,
 };
-use common::fast_retry;
+use common::{BREAKER_WINDOW, fast_retry, short_breaker};
 use serde_json::{Value, json};
 
 /// Hands out registered fault-injecting local keys by key file; anything else goes to the
@@ -95,6 +95,7 @@ fn fixture_with(store: Arc<dyn ControlStore>, cache: CacheConfig) -> Fixture {
         .provider_managed(provider_managed.clone())
         .cache(cache)
         .retry(fast_retry())
+        .breaker(short_breaker())
         .build()
         .unwrap();
     Fixture {
@@ -613,6 +614,12 @@ async fn validate_classifies_each_failure_cause() {
 #[derive(Debug)]
 struct IgnoresContext(LocalKms);
 
+impl std::fmt::Display for IgnoresContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IgnoresContext({})", self.0)
+    }
+}
+
 #[async_trait]
 impl KmsBackend for IgnoresContext {
     fn provider(&self) -> Provider {
@@ -995,13 +1002,25 @@ async fn deletion_and_attachments_never_cross(store: Arc<dyn ControlStore>) {
         };
         start.wait().await;
         let deleted = plane.delete_external_key(&admin, &key.id, false).await;
+        let mut refused = 0;
         for task in attaches {
             if let Err(e) = task.await.unwrap() {
                 assert_eq!(e.kind(), ErrorKind::Validation, "{e}");
+                refused += 1;
             }
         }
         if let Err(e) = created.await.unwrap() {
             assert_eq!(e.kind(), ErrorKind::Validation, "{e}");
+            refused += 1;
+        }
+        // A deletion that is taken back was never visible: nobody was refused because of it.
+        // One that stands came before every attachment: all of them were refused.
+        match &deleted {
+            Ok(_) => assert_eq!(refused, compartments.len() + 1, "round {round}"),
+            Err(_) => assert_eq!(
+                refused, 0,
+                "round {round}: attaches refused by a deletion that was taken back"
+            ),
         }
         let stored = plane.external_key(&key.id).await.unwrap();
         let attached = plane
@@ -1196,7 +1215,9 @@ async fn rotate_then_rewrap_keeps_everything_readable_and_resumes_after_a_failur
         );
     }
 
-    // The rerun resumes after the last checkpoint and finishes; throttling is retried.
+    // The rerun resumes after the last checkpoint and finishes (once the new key's breaker asks
+    // it again); throttling is retried.
+    tokio::time::sleep(BREAKER_WINDOW).await;
     new_kms.clear_faults();
     new_kms.push_faults([
         Fault::Fail(ErrorKind::Throttled),
@@ -1247,6 +1268,7 @@ async fn rotate_then_rewrap_keeps_everything_readable_and_resumes_after_a_failur
         ErrorKind::KeyRevoked
     );
     old_kms.enable();
+    tokio::time::sleep(BREAKER_WINDOW).await;
     assert_eq!(
         client.decrypt(c, envelope, b"").await.unwrap(),
         b"self-contained"
@@ -1426,6 +1448,10 @@ async fn rewrap_passes_over_a_record_no_key_can_unwrap_and_a_later_run_retries_i
     let client = f.plane.client();
     let mut envelopes = Vec::new();
     for n in 0..4 {
+        if n == 1 {
+            // The first record under version 1 of the old key, the others under version 2.
+            old_kms.inner().rotate().unwrap();
+        }
         let text = format!("record {n}");
         let envelope = client
             .encrypt_compact(&c, text.as_bytes(), b"")
@@ -1440,8 +1466,11 @@ async fn rewrap_passes_over_a_record_no_key_can_unwrap_and_a_later_run_retries_i
         .await
         .unwrap();
 
-    // The old key refuses the first record (as if that key version were destroyed).
-    old_kms.push_faults([Fault::Fail(ErrorKind::KeyRevoked)]);
+    // Version 1 of the old key is disabled: its record cannot be read, the others can.
+    old_kms
+        .inner()
+        .set_version_state(1, cmek::kms::local::VersionState::Disabled)
+        .unwrap();
     let job = f.plane.rewrap(&f.admin, &key.id, 1, |_| {}).await.unwrap();
     assert!(job.finished_at.is_some());
     assert_eq!(
@@ -1466,7 +1495,12 @@ async fn rewrap_passes_over_a_record_no_key_can_unwrap_and_a_later_run_retries_i
         "{complete:?}"
     );
 
-    // The key is back: the next run moves the last record.
+    // The version is back: the next run (once its breaker asks again) moves the last record.
+    old_kms
+        .inner()
+        .set_version_state(1, cmek::kms::local::VersionState::Enabled)
+        .unwrap();
+    tokio::time::sleep(BREAKER_WINDOW).await;
     let job = f.plane.rewrap(&f.admin, &key.id, 1, |_| {}).await.unwrap();
     assert_eq!(
         (
@@ -1610,7 +1644,11 @@ async fn a_disabled_kms_key_makes_data_unreadable_within_the_cache_bound() {
         .into_iter()
         .filter(|e| e.action == "key.revocation_detected")
         .collect();
-    assert_eq!(detected.len(), 1, "rate-limited to one event a minute");
+    assert_eq!(
+        detected.len(),
+        1,
+        "one event per revocation, not per failing call"
+    );
     assert_eq!(
         detected[0].external_key_id.as_deref(),
         Some(key.id.as_str())
@@ -1618,6 +1656,7 @@ async fn a_disabled_kms_key_makes_data_unreadable_within_the_cache_bound() {
     assert_eq!(detected[0].actor, Actor::system());
 
     kms.enable();
+    tokio::time::sleep(BREAKER_WINDOW).await;
     assert_eq!(
         client.decrypt(&c, &envelope, b"").await.unwrap(),
         b"secret",

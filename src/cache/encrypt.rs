@@ -58,7 +58,9 @@ pub(crate) struct ActiveDek {
     pub(crate) dek: Arc<LoadedDek>,
     /// Where the messages granted under this DEK are added when it is dropped (for `Stats`).
     retired: Arc<AtomicU64>,
-    expires_at: Instant,
+    born: Instant,
+    /// An [`Instant`] as `u64`; only degraded mode moves it.
+    expires_at: AtomicU64,
     refresh_at: Instant,
     messages: AtomicU64,
     bytes: AtomicU64,
@@ -87,7 +89,8 @@ impl ActiveDek {
         Self {
             dek,
             retired,
-            expires_at: now + limits.max_age.into(),
+            born: now,
+            expires_at: AtomicU64::new((now + limits.max_age.into()).as_u64()),
             refresh_at: now + limits.refresh_age.into(),
             messages: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -102,7 +105,7 @@ impl ActiveDek {
     /// number of messages granted. Afterwards `messages` is exactly the number granted.
     #[inline]
     pub(crate) fn reserve(&self, len: u64, now: Instant, limits: &EncryptLimits) -> Reservation {
-        if now >= self.expires_at {
+        if now.as_u64() >= self.expires_at.load(Relaxed) {
             return Reservation::Exhausted;
         }
         let before = self.messages.fetch_add(1, Relaxed);
@@ -128,9 +131,23 @@ impl ActiveDek {
 
     /// Whether it can still take messages (a cheap check without reserving).
     pub(crate) fn is_usable(&self, now: Instant, limits: &EncryptLimits) -> bool {
-        now < self.expires_at
-            && self.messages.load(Relaxed) < limits.max_messages
+        now.as_u64() < self.expires_at.load(Relaxed) && self.within_usage_limits(limits)
+    }
+
+    /// Whether it is below its message and byte limits (whatever its age).
+    pub(crate) fn within_usage_limits(&self, limits: &EncryptLimits) -> bool {
+        self.messages.load(Relaxed) < limits.max_messages
             && self.bytes.load(Relaxed) < limits.max_bytes
+    }
+
+    /// When it was made.
+    pub(crate) fn born(&self) -> Instant {
+        self.born
+    }
+
+    /// Degraded mode: lets it serve until `until` (never shortens its life).
+    pub(crate) fn extend_life(&self, until: Instant) {
+        self.expires_at.fetch_max(until.as_u64(), Relaxed);
     }
 
     /// Messages granted so far.

@@ -54,6 +54,14 @@ impl LoadedDek {
         }
     }
 
+    /// The key id and key version that wrapped it (`None` if its header cannot be read back,
+    /// which cannot happen for a header this crate encoded).
+    pub(crate) fn wrapped_by(&self) -> Option<(String, String)> {
+        self.record()
+            .ok()
+            .map(|r| (r.wrapped.key_id, r.wrapped.key_version))
+    }
+
     /// The DEK record this was loaded from.
     pub(crate) fn record(&self) -> Result<DekRecord> {
         DekRecord::decode(&self.header).map(|(_, record, _)| record)

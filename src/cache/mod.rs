@@ -45,6 +45,7 @@ pub const MAX_MESSAGES_PER_DEK: u64 = 1 << 32;
 /// | `decrypt_max_age` | 5 min | the documented revocation bound: once a key is disabled, data is unreadable within this time |
 /// | `decrypt_capacity` | 50,000 DEKs | reads span several DEKs per compartment (one per 5 minutes of writing) |
 /// | `refresh_fraction` | 0.75 | replaces a DEK at 75% of any limit, leaving a quarter of its life to ride out a slow or failing KMS |
+/// | `degraded_staleness` | off | opt-in: how long past their max age cached DEKs may serve while their key's KMS is unreachable |
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct CacheConfig {
@@ -63,6 +64,11 @@ pub struct CacheConfig {
     /// Fraction of any limit at which a replacement is prepared in the background (0 < f <= 1;
     /// 1 disables refresh-ahead).
     pub refresh_fraction: f64,
+    /// Degraded mode (off by default): while a key's KMS is unreachable (transient failures
+    /// only; never after a revocation or a refusal), cached DEKs of that key may keep serving
+    /// up to this long past their max age (on both sides), so an outage of the customer's KMS
+    /// does not stop their service. An event and a metric mark when it starts and ends.
+    pub degraded_staleness: Option<Duration>,
 }
 
 impl Default for CacheConfig {
@@ -75,6 +81,7 @@ impl Default for CacheConfig {
             decrypt_max_age: Duration::from_secs(300),
             decrypt_capacity: 50_000,
             refresh_fraction: 0.75,
+            degraded_staleness: None,
         }
     }
 }
@@ -129,7 +136,8 @@ pub struct Stats {
     pub refreshes: u64,
     /// Entries pushed out by the capacity bound.
     pub evictions: u64,
-    /// Times a backend reported a key revoked or disabled.
+    /// Revocations seen: a key moving to revoked (disabled, deleted), or to denied after it
+    /// had worked. Counts changes of a key's state, not failing calls.
     pub revocations_detected: u64,
     /// Cached encryption DEKs now.
     pub encrypt_entries: u64,

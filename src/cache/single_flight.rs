@@ -7,13 +7,20 @@ use std::sync::Mutex;
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 
 type Flight<V> = Shared<BoxFuture<'static, Result<V>>>;
 
+/// A flight and the deadline it runs under (past it, the flight can only fail).
+struct Entry<V> {
+    flight: Flight<V>,
+    deadline: Option<Instant>,
+}
+
 pub(crate) struct SingleFlight<K, V: Clone> {
-    flights: Mutex<HashMap<K, Flight<V>>>,
+    flights: Mutex<HashMap<K, Entry<V>>>,
 }
 
 impl<K, V: Clone> Default for SingleFlight<K, V> {
@@ -34,19 +41,48 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> SingleFlight<K, V> 
         key: K,
         start: impl FnOnce() -> BoxFuture<'static, Result<V>>,
     ) -> Result<V> {
-        let flight = {
-            let mut flights = self.lock()?;
-            flights
-                .entry(key.clone())
-                .or_insert_with(|| start().shared())
-                .clone()
+        self.run_until(key, None, start).await.0
+    }
+
+    /// Like [`SingleFlight::run`] for a flight that runs under `deadline`: a flight left in the
+    /// table past its deadline (its callers were all cancelled) is not joined but replaced, so
+    /// nobody inherits its timeout. Also says whether this caller started the flight.
+    pub(crate) async fn run_until(
+        &self,
+        key: K,
+        deadline: Option<Instant>,
+        start: impl FnOnce() -> BoxFuture<'static, Result<V>>,
+    ) -> (Result<V>, bool) {
+        let (flight, started) = {
+            let mut flights = match self.lock() {
+                Ok(flights) => flights,
+                Err(e) => return (Err(e), false),
+            };
+            let now = Instant::now();
+            match flights.get(&key) {
+                Some(entry) if entry.deadline.is_none_or(|d| d > now) => {
+                    (entry.flight.clone(), false)
+                }
+                _ => {
+                    let flight = start().shared();
+                    flights.insert(
+                        key.clone(),
+                        Entry {
+                            flight: flight.clone(),
+                            deadline,
+                        },
+                    );
+                    (flight, true)
+                }
+            }
         };
         let outcome = flight.clone().await;
-        let mut flights = self.lock()?;
-        if flights.get(&key).is_some_and(|f| f.ptr_eq(&flight)) {
+        if let Ok(mut flights) = self.lock()
+            && flights.get(&key).is_some_and(|e| e.flight.ptr_eq(&flight))
+        {
             flights.remove(&key);
         }
-        outcome
+        (outcome, started)
     }
 
     /// Flights under way now.
@@ -55,7 +91,7 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> SingleFlight<K, V> 
         self.flights.lock().map(|f| f.len()).unwrap_or_default()
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<K, Flight<V>>>> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<K, Entry<V>>>> {
         self.flights
             .lock()
             .map_err(|_| Error::configuration("single-flight table poisoned"))

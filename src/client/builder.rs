@@ -3,22 +3,43 @@
 use std::fmt;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use super::inner::Policies;
 use super::{Client, Inner};
 use crate::cache::CacheConfig;
 use crate::cipher::CipherProvider;
 use crate::error::{Error, Result};
 use crate::ids::KeyConfigId;
-use crate::kms::{KeyResolver, KmsBackend, RetryPolicy, StaticKey};
+use crate::kms::layers::DEFAULT_DEADLINE;
+use crate::kms::{BreakerConfig, KeyResolver, KmsBackend, RetryPolicy, StaticKey};
 use crate::store::DekStore;
 
 /// Builds a [`Client`].
-#[derive(Default)]
 pub struct ClientBuilder {
     resolver: Option<Arc<dyn KeyResolver>>,
     store: Option<Arc<dyn DekStore>>,
     cache: CacheConfig,
     retry: RetryPolicy,
+    deadline: Duration,
+    breaker: BreakerConfig,
     cipher: CipherProvider,
+    metrics_interval: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            resolver: None,
+            store: None,
+            cache: CacheConfig::default(),
+            retry: RetryPolicy::default(),
+            deadline: DEFAULT_DEADLINE,
+            breaker: BreakerConfig::default(),
+            cipher: CipherProvider::default(),
+            metrics_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -28,6 +49,8 @@ impl fmt::Debug for ClientBuilder {
             .field("store", &self.store)
             .field("cache", &self.cache)
             .field("retry", &self.retry)
+            .field("deadline", &self.deadline)
+            .field("breaker", &self.breaker)
             .field("cipher", &self.cipher)
             .finish()
     }
@@ -69,6 +92,31 @@ impl ClientBuilder {
         self
     }
 
+    /// Sets the default deadline of an operation: every KMS attempt and backoff an encryption
+    /// or decryption makes counts against it (default 10 s; [`Client::with_deadline`] overrides
+    /// it per call).
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Sets how the per-key breaker treats revoked, denied and unreachable keys.
+    #[must_use]
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// How often cache counters (hits, misses, cached DEKs) are published to the `metrics`
+    /// facade (feature `metrics`; default 10 s). KMS calls, errors and key events are
+    /// published as they happen.
+    #[must_use]
+    pub fn metrics_interval(mut self, every: Duration) -> Self {
+        self.metrics_interval = every;
+        self
+    }
+
     /// Chooses the AES-256-GCM implementation.
     #[must_use]
     pub fn cipher(mut self, provider: CipherProvider) -> Self {
@@ -85,14 +133,34 @@ impl ClientBuilder {
             Error::configuration("no key: call ClientBuilder::key or ClientBuilder::key_resolver")
         })?;
         self.cache.validate()?;
+        if self.deadline.is_zero() {
+            return Err(Error::configuration("the deadline must be positive"));
+        }
+        let inner = Arc::new(Inner::new(
+            resolver,
+            self.store,
+            self.cache,
+            self.cipher,
+            Policies {
+                retry: self.retry,
+                deadline: self.deadline,
+                breaker: self.breaker,
+            },
+        ));
+        let weak = Arc::downgrade(&inner);
+        inner.layers.health.subscribe(Arc::new(move |event| {
+            if let Some(inner) = weak.upgrade() {
+                inner.on_key_event(event);
+            }
+        }));
+        crate::telemetry::publish_periodically(
+            &inner,
+            self.metrics_interval,
+            Inner::metrics_snapshot,
+        );
         Ok(Client {
-            inner: Arc::new(Inner::new(
-                resolver,
-                self.store,
-                self.cache,
-                self.retry,
-                self.cipher,
-            )),
+            deadline: self.deadline,
+            inner,
         })
     }
 }

@@ -1,52 +1,59 @@
 //! The client's shared state and its slow paths: creating, loading, refreshing and revoking
-//! DEKs, and every KMS call (with retries, counting and tracing).
+//! DEKs. Every KMS call goes through the layers of [`crate::kms::layers`] (deadline, retry,
+//! per-key breaker, observation); key events from the breaker retire the DEKs they concern.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use coarsetime::Instant as CoarseInstant;
 use futures_util::FutureExt;
+use tokio::time::Instant;
 
+use super::creations::Creations;
 use super::seal::header_fits;
 use crate::cache::{
     ActiveDek, CacheConfig, Counters, DecryptCache, DekSource, EncryptCache, LoadedDek, OpenDek,
-    Reservation, SingleFlight,
+    Reservation, SingleFlight, Stats,
 };
 use crate::cipher::CipherProvider;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{DekRecord, Form, Preamble, Suite, sha256};
 use crate::ids::{CompartmentId, DekId, KeyConfigId};
 use crate::key::{DataKey, DekMaterial};
-use crate::kms::{KeyResolver, RetryPolicy, WrapContext};
+use crate::kms::health::{BreakerConfig, HealthRegistry, KeyEvent, KeyEventKind, KeyState};
+use crate::kms::layers::{Layers, RetryPolicy, deadline};
+use crate::kms::{KeyResolver, KmsBackend, WrapContext};
 use crate::store::DekStore;
 
 /// The suite new envelopes are written with.
 const SUITE: Suite = Suite::Aes256GcmHkdfSha256;
 
+/// In degraded mode, how far past now a stale DEK's life is extended at a time (each extension
+/// follows a failed attempt to replace it, so the key keeps being probed).
+const DEGRADED_STEP: Duration = Duration::from_secs(1);
+
+/// How KMS calls are bounded, retried and broken off.
+pub(super) struct Policies {
+    pub(super) retry: RetryPolicy,
+    pub(super) deadline: Duration,
+    pub(super) breaker: BreakerConfig,
+}
+
 pub(super) struct Inner {
     pub(super) resolver: Arc<dyn KeyResolver>,
     pub(super) store: Option<Arc<dyn DekStore>>,
     pub(super) config: CacheConfig,
-    pub(super) retry: RetryPolicy,
+    pub(super) layers: Layers,
     pub(super) cipher: CipherProvider,
     pub(super) enc: EncryptCache,
     pub(super) dec: DecryptCache,
     pub(super) enc_flights: SingleFlight<CompartmentId, Arc<ActiveDek>>,
     pub(super) dec_flights: SingleFlight<(DekId, DekSource), Arc<OpenDek>>,
     pub(super) revoked: RwLock<HashSet<KeyConfigId>>,
-    /// Counts purges and retirements of encryption DEKs. A DEK whose creation began before one
-    /// is not cached (its key may have just been detached, rotated away or deleted); held
-    /// while a new DEK is inserted so none slips in behind a retirement.
-    retirements: Mutex<u64>,
+    /// Encryption DEKs being made, so purges and retirements discard only those they concern.
+    creations: Creations,
     pub(super) counters: Counters,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KmsOp {
-    Wrap,
-    Unwrap,
 }
 
 impl Inner {
@@ -54,23 +61,70 @@ impl Inner {
         resolver: Arc<dyn KeyResolver>,
         store: Option<Arc<dyn DekStore>>,
         config: CacheConfig,
-        retry: RetryPolicy,
         cipher: CipherProvider,
+        policies: Policies,
     ) -> Self {
         let counters = Counters::default();
+        let layers = Layers {
+            retry: policies.retry,
+            deadline: policies.deadline,
+            health: Arc::new(HealthRegistry::new(policies.breaker)),
+            counters: counters.kms.clone(),
+        };
         Self {
             enc: EncryptCache::new(&config, counters.evictions.clone()),
             dec: DecryptCache::new(&config, counters.evictions.clone()),
             resolver,
             store,
             config,
-            retry,
+            layers,
             cipher,
             enc_flights: SingleFlight::default(),
             dec_flights: SingleFlight::default(),
             revoked: RwLock::default(),
-            retirements: Mutex::new(0),
+            creations: Creations::default(),
             counters,
+        }
+    }
+
+    /// The cache's counters (see [`crate::Client::stats`]).
+    pub(super) fn stats(&self) -> Stats {
+        let mut s = self.counters.snapshot();
+        let mut encryptions = self
+            .counters
+            .retired_encryptions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.enc
+            .map
+            .for_each(|_, active| encryptions += active.messages());
+        s.encrypt_hits = encryptions.saturating_sub(s.encrypt_misses);
+        s.encrypt_entries = self.enc.map.len() as u64;
+        s.decrypt_entries = self.dec.map.len() as u64;
+        s
+    }
+
+    /// What the metrics publisher reads.
+    pub(super) fn metrics_snapshot(&self) -> crate::telemetry::Snapshot {
+        (self.stats(), self.layers.health.counts())
+    }
+
+    /// Reacts to a key's events: a revocation (disabled, deleted, access lost) stops new data
+    /// under that key at once.
+    pub(super) fn on_key_event(&self, event: &KeyEvent) {
+        if let KeyEventKind::StateChanged { to, revocation, .. } = &event.kind {
+            if *revocation {
+                Counters::bump(&self.counters.revocations_detected);
+            }
+            if matches!(to, KeyState::Revoked | KeyState::Denied) {
+                // The whole key (its wraps), or the one version an unwrap found revoked.
+                let (key_id, version) = (event.key_id.as_str(), event.key_version.as_str());
+                self.retire_encryption_deks(&event.key_config, |active| {
+                    key_id.is_empty()
+                        || active.dek.wrapped_by().is_some_and(|(id, v)| {
+                            id == key_id && (version.is_empty() || v == version)
+                        })
+                });
+            }
         }
     }
 
@@ -98,16 +152,22 @@ impl Inner {
             .unwrap_or(Err(None))
     }
 
+    /// A DEK that may take one more message of `len` bytes, made (or, in degraded mode,
+    /// stretched) within `deadline`.
     #[cold]
     pub(super) async fn encryption_dek_slow(
         self: &Arc<Self>,
         compartment: &CompartmentId,
         len: u64,
         mut stale: Option<DekId>,
+        deadline: Instant,
     ) -> Result<Arc<ActiveDek>> {
         Counters::bump(&self.counters.encrypt_misses);
         for _ in 0..8 {
-            let active = self.new_encryption_dek(compartment, stale).await?;
+            let active = match self.new_encryption_dek(compartment, stale, deadline).await {
+                Ok(active) => active,
+                Err(e) => return self.degraded_encryption_dek(compartment, len, &e).ok_or(e),
+            };
             match active.reserve(len, CoarseInstant::now(), &self.enc.limits) {
                 Reservation::Granted | Reservation::GrantedRefreshDue => return Ok(active),
                 Reservation::Exhausted => stale = Some(active.dek.id),
@@ -118,19 +178,39 @@ impl Inner {
         ))
     }
 
-    /// Single-flight creation of a new DEK for `compartment`, replacing `stale`.
+    /// Single-flight creation of a new DEK for `compartment`, replacing `stale`, within
+    /// `deadline`. A caller that joined a flight started before it, and got a retryable failure
+    /// with time to spare, tries once more with a flight of its own (the first may have been
+    /// stuck on an attempt that began before the KMS recovered).
     async fn new_encryption_dek(
         self: &Arc<Self>,
         compartment: &CompartmentId,
         stale: Option<DekId>,
+        deadline: Instant,
     ) -> Result<Arc<ActiveDek>> {
-        let inner = self.clone();
-        let c = compartment.clone();
-        self.enc_flights
-            .run(compartment.clone(), move || {
-                inner.create_encryption_dek(c, stale).boxed()
-            })
-            .await
+        for attempt in 0..2 {
+            let inner = self.clone();
+            let c = compartment.clone();
+            let flight =
+                self.enc_flights
+                    .run_until(compartment.clone(), Some(deadline), move || {
+                        deadline::within(deadline, inner.create_encryption_dek(c, stale)).boxed()
+                    });
+            let (outcome, started) = match tokio::time::timeout_at(deadline, flight).await {
+                Ok(joined) => joined,
+                Err(_) => (Err(deadline::exceeded()), false),
+            };
+            match outcome {
+                Err(e)
+                    if attempt == 0
+                        && !started
+                        && e.is_retryable()
+                        && !e.is_fail_fast()
+                        && Instant::now() < deadline => {}
+                other => return other,
+            }
+        }
+        Err(deadline::exceeded())
     }
 
     async fn create_encryption_dek(
@@ -148,31 +228,32 @@ impl Inner {
         ))
     }
 
-    /// Makes and caches a DEK; `None` if a purge or retirement happened meanwhile (then the
-    /// key must be resolved again).
+    /// Makes and caches a DEK; `None` if this compartment was purged, or its key retired,
+    /// meanwhile (then the key must be resolved again). See [`super::creations`].
     async fn try_create_encryption_dek(
         &self,
         compartment: &CompartmentId,
         stale: Option<DekId>,
     ) -> Result<Option<Arc<ActiveDek>>> {
-        let compartment = compartment.clone();
-        if let Some(current) = self.enc.map.get(&compartment)
+        if let Some(current) = self.enc.map.get(compartment)
             && Some(current.dek.id) != stale
             && current.is_usable(CoarseInstant::now(), &self.enc.limits)
         {
             return Ok(Some(current));
         }
-        let epoch = self.retirement_epoch();
-        let binding = self.resolver.encryption_key(&compartment).await?;
+        let ticket = self.creations.begin(compartment);
+        let first = self.resolver.encryption_key(compartment).await?;
+        ticket.resolved(&first.key_config);
+        let binding = self.resolver.encryption_key(compartment).await?;
+        if binding.key_config != first.key_config {
+            return Ok(None);
+        }
         self.ensure_not_revoked(&binding.key_config)?;
         let dek = DataKey::generate()?;
         let dek_id = DekId::random()?;
-        let context = WrapContext::new(&compartment, &binding.key_config);
-        let wrapped = self
-            .kms_call(&binding.key_config, KmsOp::Wrap, || {
-                binding.backend.wrap(&dek, &context)
-            })
-            .await?;
+        let context = WrapContext::new(compartment, &binding.key_config);
+        let backend = self.layers.in_use(binding.backend.clone());
+        let wrapped = backend.wrap(&dek, &context).await?;
         DekRecord::check_encodable(&wrapped)?;
         if wrapped.provider != binding.backend.provider() {
             return Err(Error::configuration(
@@ -207,26 +288,61 @@ impl Inner {
             Arc::new(OpenDek::new(loaded, now, &self.dec.limits)),
         );
         Counters::bump(&self.counters.deks_created);
-        {
-            let retirements = self.retirements.lock().unwrap_or_else(|e| e.into_inner());
-            if *retirements != epoch {
-                return Ok(None);
-            }
-            self.enc.map.insert(compartment.clone(), active.clone());
+        if !ticket.finish(|| self.enc.map.insert(compartment.clone(), active.clone())) {
+            return Ok(None);
         }
         tracing::debug!(compartment = %compartment, dek_id = %dek_id, key_config = %binding.key_config, "new data key");
         Ok(Some(active))
     }
 
-    fn retirement_epoch(&self) -> u64 {
-        *self.retirements.lock().unwrap_or_else(|e| e.into_inner())
+    /// Degraded mode: the compartment's current DEK, past its max age but within the staleness
+    /// bound, stretched a little if its key is unreachable (never revoked or refused) and the
+    /// failure to replace it was transient.
+    #[cold]
+    fn degraded_encryption_dek(
+        &self,
+        compartment: &CompartmentId,
+        len: u64,
+        failure: &Error,
+    ) -> Option<Arc<ActiveDek>> {
+        let staleness = self.config.degraded_staleness?;
+        if !is_outage(failure) {
+            return None;
+        }
+        let active = self.enc.map.get(compartment)?;
+        let now = CoarseInstant::now();
+        let hard = active.born() + (self.config.encrypt_max_age + staleness).into();
+        if now >= hard || !active.within_usage_limits(&self.enc.limits) {
+            return None;
+        }
+        let (key_id, _) = active.dek.wrapped_by()?;
+        if !self
+            .layers
+            .health
+            .serve_degraded(&active.dek.key_config, &key_id, "")
+        {
+            return None;
+        }
+        active.extend_life(hard.min(now + DEGRADED_STEP.into()));
+        crate::telemetry::degraded_use("encrypt");
+        match active.reserve(len, now, &self.enc.limits) {
+            Reservation::Granted | Reservation::GrantedRefreshDue => Some(active),
+            Reservation::Exhausted => None,
+        }
     }
 
-    /// Drops the encryption DEKs `retire` picks; DEKs being made right now are not cached.
-    pub(super) fn retire_encryption_deks(&self, retire: impl Fn(&ActiveDek) -> bool) {
-        let mut retirements = self.retirements.lock().unwrap_or_else(|e| e.into_inner());
-        *retirements += 1;
-        self.enc.map.retain(|_, active| !retire(active));
+    /// Drops the encryption DEKs of `key_config` that `retire` picks; DEKs being made under
+    /// `key_config` right now are not cached. Other key configurations are not touched.
+    pub(super) fn retire_encryption_deks(
+        &self,
+        key_config: &KeyConfigId,
+        retire: impl Fn(&ActiveDek) -> bool,
+    ) {
+        let mut locked = self.creations.lock_all();
+        locked.invalidate_key_config(key_config);
+        self.enc
+            .map
+            .retain(|_, active| !(active.dek.key_config == *key_config && retire(active)));
     }
 
     /// Starts preparing the next DEK in the background, once per DEK.
@@ -245,10 +361,14 @@ impl Inner {
         Counters::bump(&self.counters.refreshes);
         let (inner, compartment, active) = (self.clone(), compartment.clone(), active.clone());
         runtime.spawn(async move {
-            if let Err(e) = inner.new_encryption_dek(&compartment, Some(active.dek.id)).await {
+            let deadline = Instant::now() + inner.layers.deadline;
+            if let Err(e) = inner
+                .new_encryption_dek(&compartment, Some(active.dek.id), deadline)
+                .await
+            {
                 tracing::warn!(compartment = %compartment, error = %e,
                     "background data-key refresh failed; the current key stays in use until its limit");
-                tokio::time::sleep(inner.retry.max_backoff).await;
+                tokio::time::sleep(inner.layers.retry.max_backoff).await;
                 active.release_refresh();
             }
         });
@@ -280,12 +400,14 @@ impl Inner {
             .flatten()
     }
 
+    /// Loads (and unwraps) the DEK of `envelope` within `deadline`.
     #[cold]
     pub(super) async fn load_decryption_dek(
         self: &Arc<Self>,
         compartment: &CompartmentId,
         envelope: &[u8],
         pre: Preamble,
+        deadline: Instant,
     ) -> Result<Arc<OpenDek>> {
         Counters::bump(&self.counters.decrypt_misses);
         let (source, inline) = match pre.form {
@@ -303,23 +425,70 @@ impl Inner {
         };
         let inner = self.clone();
         let (c, dek_id) = (compartment.clone(), pre.dek_id);
-        let open = self
+        let flight = self
             .dec_flights
-            .run((pre.dek_id, source), move || {
-                async move {
+            .run_until((pre.dek_id, source), Some(deadline), move || {
+                deadline::within(deadline, async move {
                     let record = match inline {
                         Some(record) => record,
                         None => inner.stored_record(&c, &dek_id).await?,
                     };
                     inner.open_record(record).await
-                }
+                })
                 .boxed()
-            })
-            .await?;
+            });
+        let outcome = match tokio::time::timeout_at(deadline, flight).await {
+            Ok((outcome, _)) => outcome,
+            Err(_) => Err(deadline::exceeded()),
+        };
+        let open = match outcome {
+            Ok(open) => open,
+            Err(e) => {
+                return self
+                    .degraded_decryption_dek(compartment, envelope, &pre, &e)
+                    .ok_or(e);
+            }
+        };
         if open.dek.compartment != *compartment || !header_fits(&open.dek, envelope, pre.form) {
             return Err(Error::integrity());
         }
         Ok(open)
+    }
+
+    /// Degraded mode: the cached DEK of `envelope`, past its max age but within the staleness
+    /// bound, stretched a little if its key is unreachable and the unwrap failed transiently.
+    #[cold]
+    fn degraded_decryption_dek(
+        &self,
+        compartment: &CompartmentId,
+        envelope: &[u8],
+        pre: &Preamble,
+        failure: &Error,
+    ) -> Option<Arc<OpenDek>> {
+        let staleness = self.config.degraded_staleness?;
+        if !is_outage(failure) {
+            return None;
+        }
+        let open = self.dec.map.get(&pre.dek_id)?;
+        if open.dek.compartment != *compartment || !header_fits(&open.dek, envelope, pre.form) {
+            return None;
+        }
+        let now = CoarseInstant::now();
+        let hard = open.born() + (self.config.decrypt_max_age + staleness).into();
+        if now >= hard {
+            return None;
+        }
+        let (key_id, version) = open.dek.wrapped_by()?;
+        if !self
+            .layers
+            .health
+            .serve_degraded(&open.dek.key_config, &key_id, &version)
+        {
+            return None;
+        }
+        open.extend_life(hard.min(now + DEGRADED_STEP.into()));
+        crate::telemetry::degraded_use("decrypt");
+        Some(open)
     }
 
     async fn stored_record(
@@ -352,7 +521,8 @@ impl Inner {
         Ok(open)
     }
 
-    /// Unwraps a DEK record through its backend and checks the key commitment.
+    /// Unwraps a DEK record through its backend (with every layer) and checks the key
+    /// commitment.
     async fn unwrap_record(&self, record: &DekRecord) -> Result<DekMaterial> {
         self.ensure_not_revoked(&record.key_config)?;
         let backend = self
@@ -364,9 +534,9 @@ impl Inner {
         }
         let context = WrapContext::new(&record.compartment, &record.key_config);
         let dek = self
-            .kms_call(&record.key_config, KmsOp::Unwrap, || {
-                backend.unwrap(&record.wrapped, &context)
-            })
+            .layers
+            .in_use(backend)
+            .unwrap(&record.wrapped, &context)
             .await?;
         DekMaterial::derive_committed(
             &dek,
@@ -393,8 +563,13 @@ impl Inner {
         Counters::bump(&self.counters.refreshes);
         let (inner, open) = (self.clone(), open.clone());
         runtime.spawn(async move {
+            let deadline = Instant::now() + inner.layers.deadline;
             let outcome = match open.dek.record() {
-                Ok(record) => inner.unwrap_record(&record).await.map(drop),
+                Ok(record) => {
+                    deadline::within(deadline, inner.unwrap_record(&record))
+                        .await
+                        .map(drop)
+                }
                 Err(e) => Err(e),
             };
             match outcome {
@@ -408,7 +583,7 @@ impl Inner {
                 }
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(dek_id = %open.dek.id, error = %e, "background unwrap failed; the cached key stays until it expires");
-                    tokio::time::sleep(inner.retry.max_backoff).await;
+                    tokio::time::sleep(inner.layers.retry.max_backoff).await;
                     open.release_refresh();
                 }
                 Err(e) => {
@@ -417,46 +592,6 @@ impl Inner {
                 }
             }
         });
-    }
-
-    /// Calls the KMS with retries, counting and tracing every attempt.
-    async fn kms_call<T, F, Fut>(&self, key_config: &KeyConfigId, op: KmsOp, call: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T>>,
-    {
-        let counter = match op {
-            KmsOp::Wrap => &self.counters.kms_wrap_calls,
-            KmsOp::Unwrap => &self.counters.kms_unwrap_calls,
-        };
-        let started = Instant::now();
-        let outcome = self
-            .retry
-            .run(call, |attempt| {
-                Counters::bump(counter);
-                if attempt.is_err() {
-                    Counters::bump(&self.counters.kms_errors);
-                }
-            })
-            .await;
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-        match &outcome {
-            Ok(_) => {
-                tracing::debug!(?op, key_config = %key_config, elapsed_ms, "KMS call succeeded")
-            }
-            Err(e) => {
-                tracing::warn!(?op, key_config = %key_config, elapsed_ms, error = %e, "KMS call failed");
-                // A disabled, revoked or deleted key (a wrap finds no key: it was deleted, or
-                // never existed): no new data may go under its cached DEKs.
-                if e.kind() == ErrorKind::KeyRevoked
-                    || (op == KmsOp::Wrap && e.kind() == ErrorKind::NotFound)
-                {
-                    Counters::bump(&self.counters.revocations_detected);
-                    self.drop_encryption_deks(key_config);
-                }
-            }
-        }
-        outcome
     }
 
     /// The DEK store compact envelopes need.
@@ -468,16 +603,17 @@ impl Inner {
         })
     }
 
-    /// Drops the encryption DEK of `compartment` (its key may be about to change).
+    /// Drops the encryption DEK of `compartment` (its key may be about to change); a DEK being
+    /// made for it right now is not cached.
     pub(super) fn purge_encryption_dek(&self, compartment: &CompartmentId) {
-        let mut retirements = self.retirements.lock().unwrap_or_else(|e| e.into_inner());
-        *retirements += 1;
+        let mut locked = self.creations.lock_all();
+        locked.invalidate_compartment(compartment);
         self.enc.map.remove(compartment);
     }
 
     /// Stops new encryptions under `key_config` at once.
     pub(super) fn drop_encryption_deks(&self, key_config: &KeyConfigId) {
-        self.retire_encryption_deks(|active| active.dek.key_config == *key_config);
+        self.retire_encryption_deks(key_config, |_| true);
     }
 
     fn is_revoked(&self, key_config: &KeyConfigId) -> bool {
@@ -496,4 +632,10 @@ impl Inner {
             Ok(())
         }
     }
+}
+
+/// Whether a failure says the KMS is out of reach (the only case degraded mode serves stale
+/// DEKs for; never a revocation or a refusal).
+fn is_outage(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Transient | ErrorKind::DeadlineExceeded)
 }

@@ -5,13 +5,16 @@
 //! per-message byte work of the hot path.
 
 mod builder;
+mod creations;
 mod inner;
 mod seal;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
+use tokio::time::Instant;
 
 pub use builder::ClientBuilder;
 use inner::Inner;
@@ -24,6 +27,7 @@ use crate::cipher::{CipherProvider, MAX_PLAINTEXT_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::format::{Form, split_body};
 use crate::ids::{CompartmentId, DekId, KeyConfigId};
+use crate::kms::health::{KeyHealth, KeyListener};
 
 /// Encrypts and decrypts data of many compartments under their customers' keys.
 ///
@@ -59,6 +63,8 @@ use crate::ids::{CompartmentId, DekId, KeyConfigId};
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// The deadline of each operation that has to ask the KMS.
+    deadline: Duration,
 }
 
 /// How a revoked key configuration treats DEKs that are already unwrapped.
@@ -80,6 +86,7 @@ impl fmt::Debug for Client {
             .field("cache", &self.inner.config)
             .field("cipher", &self.inner.cipher)
             .field("stats", &self.inner.counters)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -88,6 +95,37 @@ impl Client {
     /// Starts building a client.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
+    }
+
+    /// The same client (same cache, same keys) with another deadline for each operation that
+    /// has to ask the KMS: every attempt and backoff counts against it, and a caller waiting on
+    /// another caller's KMS call waits no longer than its own deadline.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cmek::Result<()> {
+    /// # use std::{sync::Arc, time::Duration};
+    /// # let client = cmek::Client::builder()
+    /// #     .key(cmek::KeyConfigId::new("local")?, Arc::new(cmek::LocalKms::generate("local:k")?))
+    /// #     .build()?;
+    /// # let tenant = cmek::CompartmentId::new("t")?;
+    /// let envelope = client
+    ///     .with_deadline(Duration::from_millis(250))
+    ///     .encrypt(&tenant, b"hello", b"")
+    ///     .await?;
+    /// # let _ = envelope; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_deadline(&self, deadline: Duration) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            deadline,
+        }
+    }
+
+    /// When an operation that starts now must end.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.deadline
     }
 
     /// Encrypts `plaintext` of `compartment` into a self-contained envelope, binding `aad`
@@ -216,9 +254,10 @@ impl Client {
             Err(stale) => {
                 let active = self
                     .inner
-                    .encryption_dek_slow(compartment, len, stale)
+                    .encryption_dek_slow(compartment, len, stale, self.deadline())
                     .boxed()
-                    .await?;
+                    .await
+                    .inspect_err(crate::telemetry::error)?;
                 seal_detached(&active.dek, form, buf, aad, header_out)
             }
         }
@@ -277,9 +316,10 @@ impl Client {
     ) -> Result<()> {
         let active = self
             .inner
-            .encryption_dek_slow(compartment, plaintext.len() as u64, stale)
+            .encryption_dek_slow(compartment, plaintext.len() as u64, stale, self.deadline())
             .boxed()
-            .await?;
+            .await
+            .inspect_err(crate::telemetry::error)?;
         seal_envelope(&active.dek, form, plaintext, aad, out)
     }
 
@@ -319,8 +359,9 @@ impl Client {
             Some(opened) => opened,
             None => self.decrypt_slow(compartment, envelope, aad, out).await,
         };
-        if result.is_err() {
+        if let Err(e) = &result {
             out.clear();
+            crate::telemetry::error(e);
         }
         result
     }
@@ -357,7 +398,7 @@ impl Client {
         let pre = peek_envelope(envelope)?;
         let open = self
             .inner
-            .load_decryption_dek(compartment, envelope, pre)
+            .load_decryption_dek(compartment, envelope, pre, self.deadline())
             .boxed()
             .await?;
         open_into(&open.dek, pre.form, envelope, aad, out)
@@ -386,9 +427,10 @@ impl Client {
             None => {
                 let open = self
                     .inner
-                    .load_decryption_dek(compartment, envelope, pre)
+                    .load_decryption_dek(compartment, envelope, pre, self.deadline())
                     .boxed()
-                    .await?;
+                    .await
+                    .inspect_err(crate::telemetry::error)?;
                 open_in_place(&open.dek, pre.form, envelope, aad)?
             }
         };
@@ -405,7 +447,7 @@ impl Client {
         let pre = peek_envelope(envelope)?;
         let open = self
             .inner
-            .load_decryption_dek(compartment, envelope, pre)
+            .load_decryption_dek(compartment, envelope, pre, self.deadline())
             .boxed()
             .await?;
         let dek = &open.dek;
@@ -466,20 +508,25 @@ impl Client {
     /// the hot path does not pay for a second counter; they include messages under DEKs still
     /// cached or already dropped.
     pub fn stats(&self) -> Stats {
-        let mut s = self.inner.counters.snapshot();
-        let mut encryptions = self
-            .inner
-            .counters
-            .retired_encryptions
-            .load(std::sync::atomic::Ordering::Relaxed);
-        self.inner
-            .enc
-            .map
-            .for_each(|_, active| encryptions += active.messages());
-        s.encrypt_hits = encryptions.saturating_sub(s.encrypt_misses);
-        s.encrypt_entries = self.inner.enc.map.len() as u64;
-        s.decrypt_entries = self.inner.dec.map.len() as u64;
-        s
+        self.inner.stats()
+    }
+
+    /// Every key this client has called, with what its last answers say (state, last success,
+    /// last failure, degraded mode): the per-key health view for an operator.
+    pub fn key_health(&self) -> Vec<KeyHealth> {
+        self.inner.layers.health.snapshot()
+    }
+
+    /// Calls `listener` on every key event (state changes, degraded mode starting and ending),
+    /// synchronously: it must not block.
+    pub fn subscribe_key_events(&self, listener: KeyListener) {
+        self.inner.layers.health.subscribe(listener);
+    }
+
+    /// The layers every KMS call of this client goes through (for the control plane's
+    /// validation and rewrap, which call keys the same way).
+    pub(crate) fn layers(&self) -> &crate::kms::layers::Layers {
+        &self.inner.layers
     }
 
     /// The cache limits in force.

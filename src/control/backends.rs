@@ -1,6 +1,7 @@
 //! The KMS backend of each external key configuration: built from its provider configurations
-//! (current, then earlier), watched for revocation, built once however many compartments ask
-//! at the same time, and reused until the configuration changes.
+//! (current, then earlier), built once however many compartments ask at the same time, and
+//! reused until the configuration changes. The client puts its layers (deadline, retry, breaker,
+//! metrics) around it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 
-use super::audit::AuditSink;
-use super::factory::{BackendFactory, RevocationWatch, RotatingBackend};
+use super::factory::BackendFactory;
 use super::model::{ExternalKey, ExternalKeyId, ProviderConfig};
 use crate::cache::SingleFlight;
 use crate::error::Result;
-use crate::kms::KmsBackend;
+use crate::kms::{KmsBackend, RotatingBackend};
 
 /// How long a backend with an unavailable earlier key is reused before it is built again, so a
 /// key that comes back is used again.
@@ -22,7 +22,6 @@ const RETRY_INCOMPLETE_AFTER: Duration = Duration::from_secs(60);
 /// Builds and caches configuration backends.
 pub(super) struct Backends {
     factory: Arc<dyn BackendFactory>,
-    audit: Arc<dyn AuditSink>,
     built: Mutex<HashMap<ExternalKeyId, Built>>,
     /// Builds under way, by configuration and the key references they are for.
     builds: SingleFlight<(ExternalKeyId, Vec<String>), Built>,
@@ -30,9 +29,10 @@ pub(super) struct Backends {
 
 /// A configuration's backend and the key references (current, then earlier) it was built for.
 #[derive(Clone)]
-struct Built {
+pub(super) struct Built {
     key_refs: Vec<String>,
-    backend: Arc<dyn KmsBackend>,
+    /// The current key and the earlier ones.
+    pub(super) backend: Arc<RotatingBackend>,
     /// Set when an earlier key was unavailable.
     incomplete_since: Option<Instant>,
 }
@@ -47,10 +47,9 @@ impl Built {
 }
 
 impl Backends {
-    pub(super) fn new(factory: Arc<dyn BackendFactory>, audit: Arc<dyn AuditSink>) -> Self {
+    pub(super) fn new(factory: Arc<dyn BackendFactory>) -> Self {
         Self {
             factory,
-            audit,
             built: Mutex::new(HashMap::new()),
             builds: SingleFlight::default(),
         }
@@ -62,11 +61,16 @@ impl Backends {
     }
 
     /// The backend of `key`: wraps with its current KMS key, unwraps with whichever key (current
-    /// or earlier) wrapped a DEK, and audits revocations.
+    /// or earlier) wrapped a DEK.
     pub(super) async fn backend(
         self: &Arc<Self>,
         key: &ExternalKey,
     ) -> Result<Arc<dyn KmsBackend>> {
+        Ok(self.built(key).await?.backend)
+    }
+
+    /// The backend of `key` with the key ids it was built for.
+    pub(super) async fn built(self: &Arc<Self>, key: &ExternalKey) -> Result<Built> {
         let key_refs: Vec<String> = std::iter::once(&key.provider_config)
             .chain(&key.previous_provider_configs)
             .map(ProviderConfig::key_ref)
@@ -77,24 +81,26 @@ impl Backends {
         let this = self.clone();
         let key = key.clone();
         let flight = (key.id.clone(), key_refs.clone());
-        let built = self
-            .builds
+        self.builds
             .run(flight, move || {
                 async move { this.build(key, key_refs).await }.boxed()
             })
-            .await?;
-        Ok(built.backend)
+            .await
     }
 
-    fn cached(&self, id: &ExternalKeyId, key_refs: &[String]) -> Option<Arc<dyn KmsBackend>> {
+    fn cached(&self, id: &ExternalKeyId, key_refs: &[String]) -> Option<Built> {
         let built = self.built.lock().ok()?;
         built
             .get(id)
             .filter(|b| b.is_current_for(key_refs))
-            .map(|b| b.backend.clone())
+            .cloned()
     }
 
     async fn build(&self, key: ExternalKey, key_refs: Vec<String>) -> Result<Built> {
+        // A flight that finished just before this one started may have built it already.
+        if let Some(built) = self.cached(&key.id, &key_refs) {
+            return Ok(built);
+        }
         let current = self.factory.backend(&key.provider_config).await?;
         let mut previous = Vec::new();
         let mut unavailable = Vec::new();
@@ -113,11 +119,7 @@ impl Backends {
         let built = Built {
             key_refs,
             incomplete_since: (!rotating.is_complete()).then(Instant::now),
-            backend: Arc::new(RevocationWatch::new(
-                Arc::new(rotating),
-                key.id.clone(),
-                self.audit.clone(),
-            )),
+            backend: Arc::new(rotating),
         };
         if let Ok(mut cache) = self.built.lock() {
             cache.insert(key.id, built.clone());

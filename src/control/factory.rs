@@ -1,19 +1,14 @@
-//! Turning provider configurations into [`KmsBackend`]s: the [`BackendFactory`] trait, the
-//! default factory (each cloud behind its cargo feature), and two decorators the control plane
-//! puts around every backend: [`RotatingBackend`] (the current key plus the keys a configuration
-//! was rotated away from) and the revocation watch that writes audit events.
+//! Turning provider configurations into [`KmsBackend`]s: the [`BackendFactory`] trait and the
+//! default factory (each cloud behind its cargo feature).
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::audit::{Actor, AuditEvent, AuditSink, Outcome};
-use super::model::{ExternalKeyId, ProviderConfig};
-use crate::error::{Error, ErrorKind, Result};
-use crate::key::DataKey;
-use crate::kms::{KeyDescription, KmsBackend, Provider, WrapContext, WrappedKey};
+use super::model::ProviderConfig;
+use crate::error::Result;
+use crate::kms::KmsBackend;
 
 /// Makes the backend of a provider configuration.
 #[async_trait]
@@ -216,206 +211,10 @@ impl BackendFactory for DefaultBackendFactory {
     }
 }
 
-/// The backend of a configuration that was rotated to new keys: wraps with the current key,
-/// unwraps with whichever key (current or earlier) wrapped the DEK.
-pub struct RotatingBackend {
-    current: (String, Arc<dyn KmsBackend>),
-    previous: Vec<(String, Arc<dyn KmsBackend>)>,
-    /// Earlier keys that could not be reached, with why (their data cannot be read).
-    unavailable: Vec<(String, Error)>,
-}
-
-impl fmt::Debug for RotatingBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RotatingBackend")
-            .field("current", &self.current.0)
-            .field(
-                "previous",
-                &self.previous.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
-            .field(
-                "unavailable",
-                &self.unavailable.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
-            .finish()
-    }
-}
-
-impl RotatingBackend {
-    /// `current` wraps; `previous` (most recent first) only unwrap. An earlier key that cannot
-    /// describe itself is kept as unavailable: only the data it wrapped becomes unreadable.
-    ///
-    /// # Errors
-    /// When the current backend cannot describe its key.
-    pub async fn new(
-        current: Arc<dyn KmsBackend>,
-        previous: Vec<Arc<dyn KmsBackend>>,
-    ) -> Result<Self> {
-        let mut rotating = Self {
-            current: (current.describe().await?.key_id, current),
-            previous: Vec::with_capacity(previous.len()),
-            unavailable: Vec::new(),
-        };
-        for backend in previous {
-            match backend.describe().await {
-                Ok(described) => rotating.previous.push((described.key_id, backend)),
-                Err(e) => rotating = rotating.with_unavailable(format!("{backend:?}"), e),
-            }
-        }
-        Ok(rotating)
-    }
-
-    /// Records an earlier key (named by `key_ref`) that could not be reached because of
-    /// `error`. DEKs no reachable key wrapped then fail with `error`'s kind, naming the key.
-    pub fn with_unavailable(mut self, key_ref: impl Into<String>, error: Error) -> Self {
-        let key_ref = key_ref.into();
-        tracing::warn!(key = %key_ref, error = %error, "an earlier key is unavailable; data it wrapped cannot be read");
-        self.unavailable.push((key_ref, error));
-        self
-    }
-
-    /// Whether every earlier key was reachable when this was built.
-    pub fn is_complete(&self) -> bool {
-        self.unavailable.is_empty()
-    }
-}
-
-#[async_trait]
-impl KmsBackend for RotatingBackend {
-    fn provider(&self) -> Provider {
-        self.current.1.provider()
-    }
-
-    async fn describe(&self) -> Result<KeyDescription> {
-        self.current.1.describe().await
-    }
-
-    async fn wrap(&self, dek: &DataKey, context: &WrapContext<'_>) -> Result<WrappedKey> {
-        self.current.1.wrap(dek, context).await
-    }
-
-    async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<DataKey> {
-        let found =
-            std::iter::once(&self.current)
-                .chain(&self.previous)
-                .find(|(key_id, backend)| {
-                    *key_id == wrapped.key_id && backend.provider() == wrapped.provider
-                });
-        match (found, self.unavailable.first()) {
-            (Some((_, backend)), _) => backend.unwrap(wrapped, context).await,
-            (None, Some((key_ref, error))) => Err(Error::new(
-                error.kind(),
-                format!(
-                    "the data key was wrapped by {}, which is none of the reachable keys of this configuration; an earlier key is unavailable ({key_ref}: {})",
-                    wrapped.key_id,
-                    error.message()
-                ),
-            )),
-            (None, None) => self.current.1.unwrap(wrapped, context).await,
-        }
-    }
-
-    async fn check_key(&self) -> Result<()> {
-        self.current.1.check_key().await
-    }
-}
-
-/// Writes a `key.revocation_detected` audit event (at most once a minute per configuration)
-/// when the KMS reports the key disabled or revoked.
-pub(crate) struct RevocationWatch {
-    inner: Arc<dyn KmsBackend>,
-    key: ExternalKeyId,
-    audit: Arc<dyn AuditSink>,
-    /// When the last event was written.
-    last: Mutex<Option<Instant>>,
-}
-
-impl fmt::Debug for RevocationWatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RevocationWatch")
-            .field("inner", &self.inner)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RevocationWatch {
-    /// Watches `inner`, the backend of configuration `key`.
-    pub(crate) fn new(
-        inner: Arc<dyn KmsBackend>,
-        key: ExternalKeyId,
-        audit: Arc<dyn AuditSink>,
-    ) -> Self {
-        Self {
-            inner,
-            key,
-            audit,
-            last: Mutex::new(None),
-        }
-    }
-
-    /// Records a revocation when `outcome` says the key is disabled, revoked or deleted (a
-    /// wrap, `is_wrap`, that finds no key: the validated key was deleted since).
-    fn observe<T>(&self, outcome: &Result<T>, is_wrap: bool) {
-        let Err(e) = outcome else { return };
-        let gone =
-            e.kind() == ErrorKind::KeyRevoked || (is_wrap && e.kind() == ErrorKind::NotFound);
-        if !gone {
-            return;
-        }
-        let Ok(mut last) = self.last.lock() else {
-            return;
-        };
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
-            return;
-        }
-        *last = Some(Instant::now());
-        let event = AuditEvent::new(
-            &Actor::system(),
-            "key.revocation_detected",
-            Outcome::Success,
-        )
-        .key(&self.key)
-        .detail(e.message().to_owned());
-        if let Err(err) = self.audit.record(&event) {
-            tracing::warn!(error = %err, "could not record a revocation audit event");
-        }
-    }
-}
-
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl KmsBackend for RevocationWatch {
-    fn provider(&self) -> Provider {
-        self.inner.provider()
-    }
-
-    async fn describe(&self) -> Result<KeyDescription> {
-        self.inner.describe().await
-    }
-
-    async fn wrap(&self, dek: &DataKey, context: &WrapContext<'_>) -> Result<WrappedKey> {
-        let outcome = self.inner.wrap(dek, context).await;
-        self.observe(&outcome, true);
-        outcome
-    }
-
-    async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<DataKey> {
-        let outcome = self.inner.unwrap(wrapped, context).await;
-        self.observe(&outcome, false);
-        outcome
-    }
-
-    async fn check_key(&self) -> Result<()> {
-        let outcome = self.inner.check_key().await;
-        self.observe(&outcome, false);
-        outcome
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn configs() -> [ProviderConfig; 3] {
         [

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use super::model::{Compartment, ExternalKey, ExternalKeyId};
 use super::rewrap::RewrapJob;
-use super::store::{ControlStore, attachable, changed_meanwhile, conflict};
+use super::store::{ControlStore, attachable, changed_meanwhile, conflict, mark_deleted};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::CompartmentId;
 use crate::store::write_atomically;
@@ -217,6 +217,38 @@ impl ControlStore for FileControlStore {
                 Some(_) => Err(changed_meanwhile(&key.id)),
                 None => Err(Error::not_found(format!("no external key {}", key.id))),
             }
+        })
+        .await
+    }
+
+    async fn delete_external_key(
+        &self,
+        id: &ExternalKeyId,
+        at: OffsetDateTime,
+        force: bool,
+    ) -> Result<ExternalKey> {
+        let (path, attachments, id) =
+            (self.key_path(id), self.root.join("attachments"), id.clone());
+        blocking(move || {
+            // Under the key's lock, which attachments of it take too.
+            let _locked = lock_key(&path)?;
+            let Some(mut key): Option<ExternalKey> = read_json(&path)? else {
+                return Err(Error::not_found(format!("no external key {id}")));
+            };
+            let mut attached = 0;
+            for entry in std::fs::read_dir(&attachments)? {
+                let entry = entry?;
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                if attachment(&entry.path())?.as_ref() == Some(&id) {
+                    attached += 1;
+                }
+            }
+            if mark_deleted(&mut key, attached, at, force)? {
+                write_json(&path, &key)?;
+            }
+            Ok(key)
         })
         .await
     }

@@ -55,7 +55,7 @@ use time::OffsetDateTime;
 pub use audit::{
     Actor, AuditEvent, AuditSink, JsonLinesAuditSink, MemoryAuditSink, Outcome, TracingAuditSink,
 };
-pub use factory::{BackendFactory, DefaultBackendFactory, RotatingBackend};
+pub use factory::{BackendFactory, DefaultBackendFactory};
 pub use file_store::FileControlStore;
 pub use model::{
     Compartment, CreateExternalKey, ExternalKey, ExternalKeyId, ExternalKeyType, ProviderConfig,
@@ -63,14 +63,15 @@ pub use model::{
 };
 pub use rewrap::RewrapJob;
 pub use store::{ControlStore, MemoryControlStore};
-pub use validation::VALIDATION_COMPARTMENT;
+pub use validation::{VALIDATION_COMPARTMENT, VALIDATION_OTHER_COMPARTMENT};
 
 use self::backends::Backends;
 use crate::cache::CacheConfig;
 use crate::client::Client;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{CompartmentId, KeyConfigId};
-use crate::kms::{KeyBinding, KeyResolver, KmsBackend, RetryPolicy};
+use crate::kms::health::{KeyEvent, KeyEventKind, KeyState};
+use crate::kms::{BreakerConfig, KeyBinding, KeyResolver, KmsBackend, RetryPolicy};
 use crate::store::{DekStore, MemoryDekStore};
 
 /// The key configuration id of the provider-managed key.
@@ -87,7 +88,6 @@ struct Plane {
     dek_store: Arc<dyn DekStore>,
     audit: Arc<dyn AuditSink>,
     provider_managed: KeyBinding,
-    retry: RetryPolicy,
     backends: Arc<Backends>,
 }
 
@@ -120,6 +120,8 @@ pub struct ControlPlaneBuilder {
     provider_managed: Option<Arc<dyn KmsBackend>>,
     cache: CacheConfig,
     retry: RetryPolicy,
+    deadline: Option<std::time::Duration>,
+    breaker: BreakerConfig,
 }
 
 impl fmt::Debug for ControlPlaneBuilder {
@@ -166,9 +168,22 @@ impl ControlPlaneBuilder {
         self
     }
 
-    /// Retries of KMS calls (client and validation).
+    /// Retries of KMS calls (client, validation and rewrap).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// The deadline of each operation that asks the KMS (client, validation, each record of a
+    /// rewrap); default 10 s.
+    pub fn deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// How the per-key breaker treats revoked, denied and unreachable keys.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
         self
     }
 
@@ -193,21 +208,56 @@ impl ControlPlaneBuilder {
         let inner = Arc::new(Plane {
             store,
             dek_store: dek_store.clone(),
-            backends: Arc::new(Backends::new(factory, audit.clone())),
-            audit,
+            backends: Arc::new(Backends::new(factory)),
+            audit: audit.clone(),
             provider_managed: KeyBinding::new(
                 KeyConfigId::new(PROVIDER_MANAGED)?,
                 provider_managed,
             ),
-            retry: self.retry.clone(),
         });
-        let client = Client::builder()
+        let mut client = Client::builder()
             .key_resolver(inner.clone())
             .dek_store(dek_store)
             .cache(self.cache)
             .retry(self.retry)
-            .build()?;
+            .breaker(self.breaker);
+        if let Some(deadline) = self.deadline {
+            client = client.deadline(deadline);
+        }
+        let client = client.build()?;
+        client.subscribe_key_events(Arc::new(move |event| {
+            audit_key_event(audit.as_ref(), event)
+        }));
         Ok(ControlPlane { inner, client })
+    }
+}
+
+/// Writes the key events an admin should see into the audit trail: revocations detected,
+/// access restored, degraded mode starting and ending.
+fn audit_key_event(audit: &dyn AuditSink, event: &KeyEvent) {
+    let action = match &event.kind {
+        KeyEventKind::StateChanged {
+            revocation: true, ..
+        } => "key.revocation_detected",
+        KeyEventKind::StateChanged {
+            from: KeyState::Revoked | KeyState::Denied,
+            to: KeyState::Healthy,
+            ..
+        } => "key.restored",
+        KeyEventKind::DegradedStarted => "key.degraded_started",
+        KeyEventKind::DegradedEnded => "key.degraded_ended",
+        _ => return,
+    };
+    let mut record = AuditEvent::new(&Actor::system(), action, Outcome::Success);
+    if let Ok(id) = ExternalKeyId::new(event.key_config.as_str()) {
+        record = record.key(&id);
+    }
+    let detail = match &event.cause {
+        Some(cause) => format!("{}: {cause}", event.key_id),
+        None => event.key_id.clone(),
+    };
+    if let Err(e) = audit.record(&record.detail(detail)) {
+        tracing::warn!(error = %e, action, "could not record a key event in the audit trail");
     }
 }
 
@@ -247,7 +297,7 @@ impl Plane {
         )))
     }
 
-    /// The backend of a configuration: current and earlier keys, watched for revocation.
+    /// The backend of a configuration: current and earlier keys.
     async fn backend(&self, key: &ExternalKey) -> Result<Arc<dyn KmsBackend>> {
         self.backends.backend(key).await
     }
@@ -298,10 +348,7 @@ pub(crate) fn now() -> OffsetDateTime {
 impl ControlPlane {
     /// Starts building a control plane.
     pub fn builder() -> ControlPlaneBuilder {
-        ControlPlaneBuilder {
-            retry: RetryPolicy::default(),
-            ..ControlPlaneBuilder::default()
-        }
+        ControlPlaneBuilder::default()
     }
 
     /// The client that encrypts and decrypts compartments' data under their keys.
@@ -406,7 +453,8 @@ impl ControlPlane {
         let key = self.inner.key(id).await?;
         let result = match self.inner.backend(&key).await {
             Ok(backend) => {
-                validation::validate(backend.as_ref(), &key.key_config(), &self.inner.retry).await
+                let checked = self.client.layers().one_off(backend);
+                validation::validate(&checked, &key.key_config()).await
             }
             Err(e) => validation::classify(&e),
         };
@@ -476,8 +524,9 @@ impl ControlPlane {
             let key = self.inner.key(id).await?;
             rotatable(&key, &config)?;
             let backend = self.inner.backends.factory().backend(&config).await?;
-            let result =
-                validation::validate(backend.as_ref(), &key.key_config(), &self.inner.retry).await;
+            self.distinct_key(&key, &config, backend.as_ref()).await?;
+            let checked = self.client.layers().one_off(backend);
+            let result = validation::validate(&checked, &key.key_config()).await;
             if let Some(e) = result.error {
                 return Err(Error::new(
                     ErrorKind::Validation,
@@ -508,6 +557,46 @@ impl ControlPlane {
         .await
     }
 
+    /// Refuses a rotation to a key that cannot be told apart from one the configuration has or
+    /// had: the same key reference, or the same key id (envelopes and DEK records name their key
+    /// by id, so two keys with one id would mix up whose data is whose).
+    async fn distinct_key(
+        &self,
+        key: &ExternalKey,
+        config: &ProviderConfig,
+        candidate: &dyn KmsBackend,
+    ) -> Result<()> {
+        let key_ref = config.key_ref();
+        if std::iter::once(&key.provider_config)
+            .chain(&key.previous_provider_configs)
+            .any(|c| c.key_ref() == key_ref)
+        {
+            return Err(Error::new(
+                ErrorKind::Validation,
+                format!(
+                    "provider_config: {key_ref} already is a key of external key {}",
+                    key.id
+                ),
+            ));
+        }
+        let candidate_id = match candidate.wrapping_key_id() {
+            Some(id) => id.to_owned(),
+            None => candidate.describe().await?.key_id,
+        };
+        if let Ok(built) = self.inner.backends.built(key).await
+            && built.backend.key_ids().any(|id| id == candidate_id)
+        {
+            return Err(Error::new(
+                ErrorKind::Validation,
+                format!(
+                    "provider_config: the new key has the key id {candidate_id:?}, like a key external key {} has or had; distinct keys need distinct ids (`cmek keygen` gives every key file its own)",
+                    key.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Deletes (deactivates) a configuration: no new data goes under it from now on; existing
     /// data stays readable while the KMS key is reachable. A configuration attached to
     /// compartments is refused unless `force`.
@@ -522,47 +611,13 @@ impl ControlPlane {
     ) -> Result<ExternalKey> {
         let event = AuditEvent::new(actor, "external_key.delete", Outcome::Success).key(id);
         let op = async {
-            let mut key = self.inner.key(id).await?;
-            let attached = self.attached_compartments(id).await?;
-            if !attached.is_empty() && !force {
-                return Err(Error::new(
-                    ErrorKind::AlreadyExists,
-                    format!(
-                        "external key {id} is attached to {} compartment(s); delete with force to stop their new writes",
-                        attached.len()
-                    ),
-                ));
-            }
-            if key.deleted_at.is_none() {
-                let deleted_at = now();
-                key = self
-                    .inner
-                    .update_key(id, |stored| {
-                        stored.deleted_at.get_or_insert(deleted_at);
-                        Ok(())
-                    })
-                    .await?;
-                // An attachment that raced the check above landed before the mark (the store
-                // refuses attaching a deleted key): take the deletion back.
-                let attached = self.attached_compartments(id).await?;
-                if !attached.is_empty() && !force {
-                    self.inner
-                        .update_key(id, |stored| {
-                            if stored.deleted_at == Some(deleted_at) {
-                                stored.deleted_at = None;
-                            }
-                            Ok(())
-                        })
-                        .await?;
-                    return Err(Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!(
-                            "external key {id} was attached to {} compartment(s) meanwhile; delete with force to stop their new writes",
-                            attached.len()
-                        ),
-                    ));
-                }
-            }
+            // Atomic in the store: an attachment either lands first (and the deletion is
+            // refused) or sees the deletion; a refused deletion is never visible to anyone.
+            let key = self
+                .inner
+                .store
+                .delete_external_key(id, now(), force)
+                .await?;
             self.client.retire(&key.key_config());
             Ok(key)
         };
@@ -688,8 +743,8 @@ impl ControlPlane {
         mut progress: impl FnMut(&RewrapJob),
     ) -> Result<RewrapJob> {
         let key = self.inner.key(id).await?;
-        let backend = self.inner.backend(&key).await?;
-        let target = backend.describe().await?.key_id;
+        let keys = self.inner.backends.built(&key).await?.backend;
+        let target = keys.describe().await?.key_id;
         let mut job = match self.inner.store.rewrap_job(id).await? {
             Some(job) if job.target_key_ref == target && job.finished_at.is_none() => job,
             _ => RewrapJob::new(id.clone(), target.clone()),
@@ -701,10 +756,11 @@ impl ControlPlane {
         )?;
         let compartments = self.attached_compartments(id).await?;
         let store = self.inner.store.clone();
+        let backend = self.client.layers().in_use(keys.clone());
         let rewrapper = rewrap::Rewrapper {
             store: self.inner.dek_store.as_ref(),
-            backend: backend.as_ref(),
-            retry: &self.inner.retry,
+            keys: &keys,
+            backend: &backend,
             key_config: &key.key_config(),
         };
         let outcome = rewrapper

@@ -1,6 +1,6 @@
 //! Rewrap: after a configuration is rotated to a new KMS key, re-wrap its stored DEK records
-//! under the new key without touching data. Batched (each batch's DEKs in parallel; throttling
-//! and transient errors retried with the plane's retry policy),
+//! under the new key without touching data. Batched (each batch's DEKs in parallel, through
+//! the client's layers: deadline, retries of throttling and transient errors, the key breaker),
 //! checkpointed after every batch, idempotent (records already under the new key are skipped)
 //! and resumable (a rerun continues after the last checkpoint).
 //!
@@ -20,7 +20,7 @@ use super::model::ExternalKeyId;
 use crate::error::{ErrorKind, Result};
 use crate::format::DekRecord;
 use crate::ids::{CompartmentId, DekId, KeyConfigId};
-use crate::kms::{KmsBackend, RetryPolicy, WrapContext};
+use crate::kms::{KmsBackend, RotatingBackend, WrapContext};
 use crate::store::DekStore;
 
 /// The progress of rewrapping one configuration's DEK records (persisted after every batch).
@@ -74,12 +74,13 @@ impl RewrapJob {
     }
 }
 
-/// What a rewrap works with: where the records are, the configuration's backend (current and
-/// earlier keys), its retry policy, and its key configuration id.
+/// What a rewrap works with: where the records are, the configuration's keys (current and
+/// earlier), the same backend behind the client's layers (deadline, retries, breaker), and the
+/// key configuration id.
 pub(crate) struct Rewrapper<'a> {
     pub(crate) store: &'a dyn DekStore,
+    pub(crate) keys: &'a RotatingBackend,
     pub(crate) backend: &'a dyn KmsBackend,
-    pub(crate) retry: &'a RetryPolicy,
     pub(crate) key_config: &'a KeyConfigId,
 }
 
@@ -91,17 +92,15 @@ enum Rewrapped {
 }
 
 impl Rewrapper<'_> {
-    /// Re-wraps one record if it is not under `target` yet.
-    async fn rewrap_one(&self, target: &str, record: DekRecord) -> Result<Rewrapped> {
-        if record.wrapped().key_id == target {
+    /// Re-wraps one record unless the current key is the one that wrapped it. (A key id alone
+    /// is not proof when an earlier key shares it: such records are re-wrapped.)
+    async fn rewrap_one(&self, record: DekRecord) -> Result<Rewrapped> {
+        if self.keys.is_current(record.wrapped()) {
             return Ok(Rewrapped::AlreadyCurrent);
         }
-        let (backend, retry) = (self.backend, self.retry);
+        let backend = self.backend;
         let context = WrapContext::new(record.compartment(), self.key_config);
-        let dek = match retry
-            .run(|| backend.unwrap(record.wrapped(), &context), |_| {})
-            .await
-        {
+        let dek = match backend.unwrap(record.wrapped(), &context).await {
             Ok(dek) => dek,
             Err(e) if is_unreadable(&e) => {
                 tracing::warn!(compartment = %record.compartment(), dek_id = %record.dek_id(), error = %e, "rewrap passes over a DEK record no key can unwrap");
@@ -109,7 +108,7 @@ impl Rewrapper<'_> {
             }
             Err(e) => return Err(e),
         };
-        let wrapped = retry.run(|| backend.wrap(&dek, &context), |_| {}).await?;
+        let wrapped = backend.wrap(&dek, &context).await?;
         drop(dek);
         self.store
             .put(&record.with_wrapping(self.key_config.clone(), wrapped))
@@ -140,13 +139,8 @@ impl Rewrapper<'_> {
                         records.push(record);
                     }
                 }
-                let target = job.target_key_ref.as_str();
-                let outcomes = join_all(
-                    records
-                        .into_iter()
-                        .map(|record| self.rewrap_one(target, record)),
-                )
-                .await;
+                let outcomes =
+                    join_all(records.into_iter().map(|record| self.rewrap_one(record))).await;
                 // Count every record that made it, then report the first failure without moving
                 // the cursor: a rerun redoes this batch, finding the finished ones already current.
                 let mut first_error = None;

@@ -35,6 +35,21 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
         expected_updated_at: OffsetDateTime,
     ) -> Result<()>;
 
+    /// Marks a configuration deleted at `at` (kept if it is deleted already) and returns it,
+    /// unless compartments are attached to it and not `force`: atomically with respect to
+    /// [`ControlStore::attach`], so an attachment and a deletion never cross and a refused
+    /// deletion is never seen by anyone.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`]; [`ErrorKind::AlreadyExists`] (409, conflict) when attached and
+    /// not forced.
+    async fn delete_external_key(
+        &self,
+        id: &ExternalKeyId,
+        at: OffsetDateTime,
+        force: bool,
+    ) -> Result<ExternalKey>;
+
     /// Loads a configuration.
     ///
     /// # Errors
@@ -114,6 +129,31 @@ pub(crate) fn changed_meanwhile(id: &ExternalKeyId) -> Error {
     )
 }
 
+/// Applies a deletion to `key` (stored, with `attached` compartments), per
+/// [`ControlStore::delete_external_key`]; false when nothing changes (deleted already).
+pub(crate) fn mark_deleted(
+    key: &mut ExternalKey,
+    attached: usize,
+    at: OffsetDateTime,
+    force: bool,
+) -> Result<bool> {
+    if attached > 0 && !force {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "external key {} is attached to {attached} compartment(s); delete with force to stop their new writes",
+                key.id
+            ),
+        ));
+    }
+    if key.deleted_at.is_some() {
+        return Ok(false);
+    }
+    key.deleted_at = Some(at);
+    key.updated_at = at.max(key.updated_at + time::Duration::microseconds(1));
+    Ok(true)
+}
+
 pub(crate) fn conflict(id: &CompartmentId, attached: &ExternalKeyId) -> Error {
     Error::new(
         ErrorKind::AlreadyExists,
@@ -175,6 +215,27 @@ impl ControlStore for MemoryControlStore {
             Some(_) => Err(changed_meanwhile(&key.id)),
             None => Err(Error::not_found(format!("no external key {}", key.id))),
         }
+    }
+
+    async fn delete_external_key(
+        &self,
+        id: &ExternalKeyId,
+        at: OffsetDateTime,
+        force: bool,
+    ) -> Result<ExternalKey> {
+        let mut s = self.lock();
+        let s = &mut *s;
+        let attached = s
+            .compartments
+            .values()
+            .filter(|c| c.external_key_id.as_ref() == Some(id))
+            .count();
+        let key = s
+            .keys
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("no external key {id}")))?;
+        mark_deleted(key, attached, at, force)?;
+        Ok(key.clone())
     }
 
     async fn external_key(&self, id: &ExternalKeyId) -> Result<Option<ExternalKey>> {

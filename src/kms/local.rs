@@ -139,6 +139,18 @@ impl LocalKms {
         })
     }
 
+    /// A key id no other key has: `local:` and 24 random hex digits. Distinct keys need distinct
+    /// ids, since envelopes and DEK records name their key by id.
+    ///
+    /// # Errors
+    /// An RNG failure.
+    pub fn unique_key_id() -> Result<String> {
+        let mut bytes = [0u8; 12];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| Error::transient(format!("OS random generator failed: {e}")))?;
+        Ok(format!("local:{}", crate::ids::hex_encode(&bytes)))
+    }
+
     /// Creates a new key file at `path` (which must not exist yet) with one version.
     ///
     /// # Errors
@@ -402,10 +414,20 @@ impl fmt::Debug for LocalKms {
     }
 }
 
+impl fmt::Display for LocalKms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LocalKms({})", self.key_id)
+    }
+}
+
 #[async_trait]
 impl KmsBackend for LocalKms {
     fn provider(&self) -> Provider {
         Provider::Local
+    }
+
+    fn wrapping_key_id(&self) -> Option<&str> {
+        Some(&self.key_id)
     }
 
     async fn check_key(&self) -> Result<()> {
@@ -464,10 +486,8 @@ impl KmsBackend for LocalKms {
                 wrapped.provider, wrapped.key_id, self.key_id
             )));
         }
-        let version: u32 = wrapped
-            .key_version
-            .parse()
-            .map_err(|_| Error::not_found("no such local key version"))?;
+        let version =
+            super::canonical_decimal_version(&wrapped.key_version).ok_or_else(Error::integrity)?;
         let ring = read(&self.ring)?;
         if !ring.enabled {
             return Err(Error::revoked(format!(

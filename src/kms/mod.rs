@@ -12,10 +12,12 @@ pub mod azure_name;
 #[cfg_attr(docsrs, doc(cfg(feature = "gcp")))]
 pub mod gcp;
 pub mod gcp_name;
+pub mod health;
+pub mod layers;
 #[cfg(feature = "local")]
 pub mod local;
 mod resolver;
-mod retry;
+mod rotating;
 #[cfg(any(feature = "azure", feature = "testkit"))]
 pub(crate) mod rsa_oaep;
 
@@ -24,8 +26,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use health::{BreakerConfig, KeyEvent, KeyEventKind, KeyHealth, KeyState};
+pub use layers::RetryPolicy;
 pub use resolver::{KeyBinding, KeyResolver, StaticKey};
-pub use retry::RetryPolicy;
+pub use rotating::RotatingBackend;
 
 use crate::error::{Error, Result};
 use crate::ids::{CompartmentId, KeyConfigId};
@@ -165,6 +169,17 @@ impl<'a> WrapContext<'a> {
     }
 }
 
+/// Reads a key version written as a decimal number in its one canonical spelling (`1`, `42`;
+/// not `01`, `+1` or ` 1`): records are authenticated byte for byte, so no other spelling may
+/// open them.
+#[cfg(any(feature = "local", feature = "gcp"))]
+pub(crate) fn canonical_decimal_version(version: &str) -> Option<u32> {
+    let canonical = !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_digit())
+        && !(version.len() > 1 && version.starts_with('0'));
+    canonical.then(|| version.parse().ok()).flatten()
+}
+
 /// A DEK wrapped by a backend, with the key reference and key version that can unwrap it.
 ///
 /// Public data: it travels in envelope headers and DEK records.
@@ -212,15 +227,23 @@ impl fmt::Debug for WrappedKey {
 /// A key management service that wraps and unwraps data keys.
 ///
 /// Implementations hold the customer's key reference and a client for the service. They must be
-/// cheap to share (`Arc<dyn KmsBackend>`) and safe to call from many tasks at once. Retries,
-/// timeouts and caching are done by the [`Client`](crate::Client) around them; a backend maps the
-/// service's errors onto [`ErrorKind`](crate::ErrorKind)s so those layers can decide.
+/// cheap to share (`Arc<dyn KmsBackend>`) and safe to call from many tasks at once. Deadlines,
+/// retries, the per-key breaker and metrics are [`layers`] the [`Client`](crate::Client) puts
+/// around them; a backend maps the service's errors onto [`ErrorKind`](crate::ErrorKind)s so
+/// those layers can decide. `Display` names the key (and, for layers, the whole chain).
 ///
 /// Every backend must pass [`testkit::conformance`](crate::testkit::conformance) (feature `testkit`).
 #[async_trait]
-pub trait KmsBackend: Send + Sync + fmt::Debug + 'static {
+pub trait KmsBackend: Send + Sync + fmt::Debug + fmt::Display + 'static {
     /// The kind of KMS, recorded in envelope headers and checked before unwrapping.
     fn provider(&self) -> Provider;
+
+    /// The key id new wraps will carry ([`WrappedKey::key_id`]), when the backend knows it
+    /// without asking the KMS. The per-key breaker keys a wrap's health by it; the default
+    /// (`None`) shares one health record among the wraps of the configuration.
+    fn wrapping_key_id(&self) -> Option<&str> {
+        None
+    }
 
     /// The key new DEKs are wrapped under.
     ///
@@ -261,6 +284,9 @@ pub type DynKmsBackend = dyn KmsBackend;
 impl<T: KmsBackend + ?Sized> KmsBackend for Arc<T> {
     fn provider(&self) -> Provider {
         (**self).provider()
+    }
+    fn wrapping_key_id(&self) -> Option<&str> {
+        (**self).wrapping_key_id()
     }
     async fn describe(&self) -> Result<KeyDescription> {
         (**self).describe().await

@@ -35,6 +35,7 @@ pub async fn run_all(backend: Arc<dyn KmsBackend>, control: Option<&dyn KeyState
     round_trip(&*backend).await;
     wrong_context_fails(&*backend).await;
     tampered_wrapped_key_fails(&*backend).await;
+    non_canonical_key_version_fails(&*backend).await;
     concurrent_use(backend.clone()).await;
     if let Some(control) = control {
         disabled_key_is_revoked(&*backend, control).await;
@@ -64,6 +65,12 @@ pub async fn describe_matches_wrap(backend: &dyn KmsBackend) {
         wrapped.key_id, description.key_id,
         "wrap recorded another key id than describe"
     );
+    if let Some(id) = backend.wrapping_key_id() {
+        assert_eq!(
+            id, wrapped.key_id,
+            "wrapping_key_id names another key than wrap recorded"
+        );
+    }
 }
 
 /// A wrapped DEK unwraps to the same bytes under the same context; wrapping is randomized.
@@ -134,6 +141,43 @@ pub async fn tampered_wrapped_key_fails(backend: &dyn KmsBackend) {
         match backend.unwrap(&w, &ctx).await {
             Ok(_) => panic!("unwrap of a wrapped key with a tampered {label} succeeded"),
             Err(e) => assert_eq!(e.kind(), ErrorKind::Integrity, "tampered {label}: {e}"),
+        }
+    }
+}
+
+/// A wrapped DEK whose key version is respelled (`01` for `1`, a sign, spaces, another case, or
+/// any version where the backend records none) does not unwrap (`Integrity`): records are
+/// authenticated as written, in one canonical encoding.
+pub async fn non_canonical_key_version_fails(backend: &dyn KmsBackend) {
+    let (c, k) = ids("conformance-version", "conformance");
+    let ctx = WrapContext::new(&c, &k);
+    let dek = DataKey::generate().expect("rng");
+    let wrapped = backend.wrap(&dek, &ctx).await.expect("wrap failed");
+    let v = wrapped.key_version.clone();
+    let spellings: Vec<String> = if v.is_empty() {
+        vec!["0".into(), "1".into(), " ".into()]
+    } else {
+        let mut s = vec![
+            format!("0{v}"),
+            format!("+{v}"),
+            format!(" {v}"),
+            format!("{v} "),
+        ];
+        if v.to_uppercase() != v {
+            s.push(v.to_uppercase());
+        }
+        s
+    };
+    for spelling in spellings {
+        let mut w = wrapped.clone();
+        w.key_version = spelling.clone();
+        match backend.unwrap(&w, &ctx).await {
+            Ok(_) => panic!("unwrap with key version {spelling:?} (written {v:?}) succeeded"),
+            Err(e) => assert_eq!(
+                e.kind(),
+                ErrorKind::Integrity,
+                "key version {spelling:?}: {e}"
+            ),
         }
     }
 }

@@ -159,11 +159,21 @@ impl<B: KmsBackend> fmt::Debug for FaultyKms<B> {
     }
 }
 
+impl<B: KmsBackend> fmt::Display for FaultyKms<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyKms({})", self.inner)
+    }
+}
+
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
 impl<B: KmsBackend> KmsBackend for FaultyKms<B> {
     fn provider(&self) -> Provider {
         self.inner.provider()
+    }
+
+    fn wrapping_key_id(&self) -> Option<&str> {
+        self.inner.wrapping_key_id()
     }
 
     async fn describe(&self) -> Result<KeyDescription> {

@@ -1,10 +1,14 @@
-//! A small HTTP/1.1 server for the fake KMS services: one task per connection, whole bodies,
-//! and a way to drop a connection without answering (to inject network faults).
+//! A small HTTP/1.1 server for the fake KMS services: one task per connection, whole bodies, a
+//! way to drop a connection without answering, outages (5xx, hang), a random error rate, and a
+//! stop and restart on the same port (to inject network faults).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use rand::RngExt;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -63,62 +67,152 @@ impl Reply {
 
 pub(crate) type BoxReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
-/// Serves requests with `handler` on 127.0.0.1 until dropped.
+type Handler = Arc<dyn Fn(Request) -> BoxReply + Send + Sync>;
+
+/// An outage a fake server can be put into (see the fakes' `set_outage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outage {
+    /// Serving normally.
+    #[default]
+    None,
+    /// Every request gets the service's 5xx answer.
+    Errors,
+    /// Every request hangs until the outage ends (then it is answered).
+    Hang,
+}
+
+/// What every request meets before its handler: an outage, a random error rate, a count.
+#[derive(Default)]
+pub(crate) struct ServerFaults {
+    outage: Mutex<Outage>,
+    /// Probability of a 5xx answer, in parts per million.
+    error_ppm: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl ServerFaults {
+    pub(crate) fn set_outage(&self, outage: Outage) {
+        *self.outage.lock().unwrap_or_else(|e| e.into_inner()) = outage;
+    }
+
+    fn outage(&self) -> Outage {
+        *self.outage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answers `rate` (0 to 1) of requests with a 5xx.
+    pub(crate) fn set_error_rate(&self, rate: f64) {
+        self.error_ppm
+            .store((rate.clamp(0.0, 1.0) * 1e6) as u64, Relaxed);
+    }
+
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// Whether this request is failed (5xx), after waiting out a hang.
+    async fn fails(&self) -> bool {
+        self.requests.fetch_add(1, Relaxed);
+        while self.outage() == Outage::Hang {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if self.outage() == Outage::Errors {
+            return true;
+        }
+        let ppm = self.error_ppm.load(Relaxed);
+        ppm > 0 && rand::rng().random_range(0..1_000_000) < ppm
+    }
+}
+
+/// Serves requests with `handler` on 127.0.0.1 until dropped; can be stopped and started again
+/// on the same port (clients then see connections refused), and put into an outage.
 pub(crate) struct Server {
     addr: SocketAddr,
     scheme: &'static str,
-    accept_loop: tokio::task::JoinHandle<()>,
+    handler: Handler,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    faults: Arc<ServerFaults>,
+    /// The service's 5xx answer, for outages and random errors.
+    server_error: fn() -> Reply,
+    accept_loop: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Server {
-    /// Serves plain HTTP.
-    pub(crate) async fn start<H>(handler: H) -> Result<Self>
+    /// Serves plain HTTP; `server_error` is the service's own 5xx answer.
+    pub(crate) async fn start<H>(handler: H, server_error: fn() -> Reply) -> Result<Self>
     where
         H: Fn(Request) -> BoxReply + Send + Sync + 'static,
     {
-        Self::start_with(handler, None).await
+        Self::start_with(Arc::new(handler), None, server_error).await
     }
 
     /// Serves HTTPS with `tls` (see [`super::tls::TestCa`]).
-    pub(crate) async fn start_tls<H>(handler: H, tls: Arc<rustls::ServerConfig>) -> Result<Self>
+    pub(crate) async fn start_tls<H>(
+        handler: H,
+        tls: Arc<rustls::ServerConfig>,
+        server_error: fn() -> Reply,
+    ) -> Result<Self>
     where
         H: Fn(Request) -> BoxReply + Send + Sync + 'static,
     {
-        Self::start_with(handler, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        Self::start_with(Arc::new(handler), Some(acceptor), server_error).await
     }
 
-    async fn start_with<H>(handler: H, tls: Option<tokio_rustls::TlsAcceptor>) -> Result<Self>
-    where
-        H: Fn(Request) -> BoxReply + Send + Sync + 'static,
-    {
+    async fn start_with(
+        handler: Handler,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        server_error: fn() -> Reply,
+    ) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let handler = Arc::new(handler);
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = Self {
+            addr: listener.local_addr()?,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            handler,
+            tls,
+            faults: Arc::default(),
+            server_error,
+            accept_loop: Mutex::new(None),
+        };
+        server.serve(listener);
+        Ok(server)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (handler, tls, faults, server_error) = (
+            self.handler.clone(),
+            self.tls.clone(),
+            self.faults.clone(),
+            self.server_error,
+        );
         let accept_loop = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let handler = handler.clone();
-                let tls = tls.clone();
+                let (handler, tls, faults) = (handler.clone(), tls.clone(), faults.clone());
                 connections.spawn(async move {
                     let service = service_fn(move |req: hyper::Request<Incoming>| {
-                        let handler = handler.clone();
+                        let (handler, faults) = (handler.clone(), faults.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = match body.collect().await {
                                 Ok(collected) => collected.to_bytes(),
                                 Err(e) => return Err(std::io::Error::other(e.to_string())),
                             };
-                            let request = Request {
-                                method: parts.method,
-                                path: parts.uri.path().to_owned(),
-                                headers: parts.headers,
-                                body,
+                            let reply = if faults.fails().await {
+                                server_error()
+                            } else {
+                                handler(Request {
+                                    method: parts.method,
+                                    path: parts.uri.path().to_owned(),
+                                    headers: parts.headers,
+                                    body,
+                                })
+                                .await
                             };
-                            match handler(request).await {
+                            match reply {
                                 Reply::Respond(response) => Ok(*response),
                                 Reply::Drop => Err(std::io::Error::other(
                                     "connection dropped (injected fault)",
@@ -144,11 +238,63 @@ impl Server {
                 while connections.try_join_next().is_some() {}
             }
         });
-        Ok(Self {
-            addr,
-            scheme,
-            accept_loop,
-        })
+        if let Some(old) = self
+            .accept_loop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(accept_loop)
+        {
+            old.abort();
+        }
+    }
+
+    /// Closes the port and every connection: clients get "connection refused".
+    pub(crate) fn stop(&self) {
+        if let Some(accept_loop) = self.take_accept_loop() {
+            accept_loop.abort();
+        }
+    }
+
+    /// Like [`Server::stop`], returning once the port and the connections are closed (a
+    /// request already being served on a kept-alive connection may still be answered).
+    pub(crate) async fn stop_and_wait(&self) {
+        if let Some(accept_loop) = self.take_accept_loop() {
+            accept_loop.abort();
+            let _ = accept_loop.await;
+            // The connections' tasks were aborted with it; let the runtime drop them.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    fn take_accept_loop(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.accept_loop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Listens on the same port again after [`Server::stop`].
+    pub(crate) async fn restart(&self) -> Result<()> {
+        self.stop_and_wait().await;
+        // The aborted loop releases the port once the runtime drops it.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.serve(listener);
+        Ok(())
+    }
+
+    /// The faults every request meets.
+    pub(crate) fn faults(&self) -> &ServerFaults {
+        &self.faults
     }
 
     /// `http://127.0.0.1:<port>` or `https://…`.
@@ -159,7 +305,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.accept_loop.abort();
+        self.stop();
     }
 }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cmek::testkit::FaultyKms;
-use cmek::{CacheConfig, Client, CompartmentId, KeyConfigId, MemoryDekStore, RetryPolicy};
+use cmek::{
+    BreakerConfig, CacheConfig, Client, CompartmentId, KeyConfigId, MemoryDekStore, RetryPolicy,
+};
 
 pub fn compartment(name: &str) -> CompartmentId {
     CompartmentId::new(name).unwrap()
@@ -20,6 +22,16 @@ pub fn fast_retry() -> RetryPolicy {
     RetryPolicy::default().with_backoff(Duration::from_millis(1), Duration::from_millis(5))
 }
 
+/// How long a revoked key's breaker fails fast in tests.
+pub const BREAKER_WINDOW: Duration = Duration::from_millis(50);
+
+/// A breaker that asks a revoked or unreachable key again after at most [`BREAKER_WINDOW`].
+pub fn short_breaker() -> BreakerConfig {
+    BreakerConfig::default()
+        .with_revoked_retry_after(BREAKER_WINDOW)
+        .with_probe_interval(BREAKER_WINDOW)
+}
+
 /// A client over a fault-injecting in-memory key, with a memory DEK store.
 pub fn faulty_client(cache: CacheConfig) -> (Client, Arc<FaultyKms>) {
     let kms = Arc::new(FaultyKms::in_memory().unwrap());
@@ -28,6 +40,7 @@ pub fn faulty_client(cache: CacheConfig) -> (Client, Arc<FaultyKms>) {
         .dek_store(Arc::new(MemoryDekStore::new()))
         .cache(cache)
         .retry(fast_retry())
+        .breaker(short_breaker())
         .build()
         .unwrap();
     (client, kms)

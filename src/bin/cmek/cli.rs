@@ -19,9 +19,10 @@ pub(crate) enum Command {
         /// Where to write the key file; it must not exist.
         #[arg(long, short)]
         out: PathBuf,
-        /// The key id recorded in envelopes.
-        #[arg(long, default_value = "local:default")]
-        key_id: String,
+        /// The key id recorded in envelopes; it must differ between key files (default: a new
+        /// random id, `local:` and 24 hex digits).
+        #[arg(long)]
+        key_id: Option<String>,
     },
     /// Adds a new version to a local key file and makes it primary.
     RotateKey {

@@ -47,6 +47,10 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
             batch,
         } => return admin::rewrap(state, external_key_id, batch).await,
         Command::Keygen { out, key_id } => {
+            let key_id = match key_id {
+                Some(id) => id,
+                None => LocalKms::unique_key_id()?,
+            };
             let kms = LocalKms::create(&out, key_id)?;
             eprintln!(
                 "created {} (key id {}, version {}); keep it secret",

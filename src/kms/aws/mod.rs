@@ -238,6 +238,12 @@ fn context_map(context: &WrapContext<'_>) -> std::collections::HashMap<String, S
         .collect()
 }
 
+impl fmt::Display for AwsKms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AwsKms({})", self.key.as_str())
+    }
+}
+
 #[async_trait]
 impl KmsBackend for AwsKms {
     async fn check_key(&self) -> Result<()> {
@@ -246,6 +252,10 @@ impl KmsBackend for AwsKms {
 
     fn provider(&self) -> Provider {
         Provider::Aws
+    }
+
+    fn wrapping_key_id(&self) -> Option<&str> {
+        Some(self.key.as_str())
     }
 
     async fn describe(&self) -> Result<KeyDescription> {
@@ -289,6 +299,10 @@ impl KmsBackend for AwsKms {
                 "wrapped under {} key {:?}, not AWS key {}",
                 wrapped.provider, wrapped.key_id, self.key
             )));
+        }
+        // The ciphertext blob names its key version; the record's field is always empty.
+        if !wrapped.key_version.is_empty() {
+            return Err(Error::integrity());
         }
         let out = self
             .traced(

@@ -1,12 +1,13 @@
 //! The Azure Key Vault backend (feature `azure`): the official `azure_security_keyvault_keys`
 //! client with `azure_identity` credentials, on an RSA key of at least 3072 bits.
 //!
-//! * **Wrap is local.** The key's public half is fetched once (`GET /keys/{name}`), cached with
-//!   its version (`kid`) and refreshed every [`AzureKeyVaultBuilder::public_key_refresh`]
-//!   (default 5 minutes), so a rotated key is picked up for new DEKs and a disabled or expired
-//!   key stops new wraps within that time — at once when an `unwrapKey` finds the key disabled
-//!   or deleted. Wrapping is `RSA-OAEP-256` (SHA-256, MGF1-SHA-256)
-//!   with aws-lc-rs: no network call.
+//! * **Wrap is local, after one look at the key.** Every wrap (one per new DEK, so about one
+//!   per compartment per `encrypt_max_age`) first fetches the key (`GET /keys/{name}`): its
+//!   current version (`kid`), its public half and its state. So a rotated key is used for the
+//!   next DEK, and a disabled, expired or deleted key, or a lost permission, stops new DEKs at
+//!   once, writes-only included, as on AWS and Google Cloud. The RSA-OAEP-256 encryption itself
+//!   (SHA-256, MGF1-SHA-256) is done locally with aws-lc-rs. The public half is also cached for
+//!   [`KmsBackend::describe`], refreshed every [`AzureKeyVaultBuilder::public_key_refresh`].
 //! * **Unwrap is remote**: `unwrapKey` on the exact key version recorded in the envelope.
 //! * **Binding**: `wrapKey` takes no AAD, so what is wrapped is the DEK followed by the SHA-256
 //!   of the canonical wrap context; after unwrapping, the digest is compared (constant time) with
@@ -312,6 +313,12 @@ fn payload(dek: &DataKey, context: &WrapContext<'_>) -> Zeroizing<[u8; DATA_KEY_
     out
 }
 
+impl fmt::Display for AzureKeyVault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AzureKeyVault({})", self.key_id)
+    }
+}
+
 #[async_trait]
 impl KmsBackend for AzureKeyVault {
     async fn check_key(&self) -> Result<()> {
@@ -320,6 +327,10 @@ impl KmsBackend for AzureKeyVault {
 
     fn provider(&self) -> Provider {
         Provider::Azure
+    }
+
+    fn wrapping_key_id(&self) -> Option<&str> {
+        Some(&self.key_id)
     }
 
     async fn describe(&self) -> Result<KeyDescription> {
@@ -332,7 +343,13 @@ impl KmsBackend for AzureKeyVault {
     }
 
     async fn wrap(&self, dek: &DataKey, context: &WrapContext<'_>) -> Result<WrappedKey> {
-        let (version, key) = self.public_key().await?;
+        // One look at the key per new DEK: a disabled or deleted key must stop new data now.
+        let PublicKeyView {
+            version,
+            key,
+            usable,
+        } = self.fetch().await?;
+        usable?;
         let ciphertext = key.encrypt(payload(dek, context).as_slice())?;
         Ok(WrappedKey::new(
             Provider::Azure,
@@ -349,8 +366,15 @@ impl KmsBackend for AzureKeyVault {
                 wrapped.provider, wrapped.key_id, self.key_id
             )));
         }
-        if wrapped.key_version.is_empty() {
-            return Err(Error::not_found("the wrapped key names no key version"));
+        // Key Vault versions are 32 lowercase hex digits; any other spelling is not the one
+        // that was written.
+        if wrapped.key_version.len() != 32
+            || !wrapped
+                .key_version
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Error::integrity());
         }
         let parameters = KeyOperationParameters {
             algorithm: Some(EncryptionAlgorithm::RsaOaep256),

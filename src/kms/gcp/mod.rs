@@ -256,6 +256,12 @@ impl GcpKms {
     }
 }
 
+impl fmt::Display for GcpKms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GcpKms({})", self.key.as_str())
+    }
+}
+
 #[async_trait]
 impl KmsBackend for GcpKms {
     async fn check_key(&self) -> Result<()> {
@@ -264,6 +270,10 @@ impl KmsBackend for GcpKms {
 
     fn provider(&self) -> Provider {
         Provider::Gcp
+    }
+
+    fn wrapping_key_id(&self) -> Option<&str> {
+        Some(self.key.as_str())
     }
 
     async fn describe(&self) -> Result<KeyDescription> {
@@ -320,6 +330,11 @@ impl KmsBackend for GcpKms {
                 "wrapped under {} key {:?}, not Cloud KMS key {}",
                 wrapped.provider, wrapped.key_id, self.key
             )));
+        }
+        // The version is informational (the ciphertext names its own) but authenticated as
+        // written: only its canonical spelling is accepted.
+        if crate::kms::canonical_decimal_version(&wrapped.key_version).is_none() {
+            return Err(Error::integrity());
         }
         let aad = context.canonical_bytes();
         let (ciphertext_crc, aad_crc) = (crc32c(&wrapped.ciphertext), crc32c(&aad));

@@ -69,6 +69,7 @@ pub(super) fn create_key(state: &mut State, spec: FakeKeySpec) -> String {
             created: now_secs() as f64,
             cipher: new_cipher(),
             denied: false,
+            allowed_compartments: None,
         },
     );
     arn
@@ -107,6 +108,30 @@ fn context_aad(body: &Value) -> Vec<u8> {
         })
         .unwrap_or_default();
     serde_json::to_vec(&map).unwrap_or_default()
+}
+
+/// The key policy's condition on `kms:EncryptionContext:compartment_id`, if it has one.
+fn context_allowed(key: &FakeKey, body: &Value) -> Result<(), Reply> {
+    let Some(allowed) = &key.allowed_compartments else {
+        return Ok(());
+    };
+    let compartment = body
+        .get("EncryptionContext")
+        .and_then(|c| c.get("compartment_id"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if allowed.iter().any(|a| a == compartment) {
+        Ok(())
+    } else {
+        Err(error(
+            400,
+            "AccessDeniedException",
+            &format!(
+                "User is not authorized to use {} with this encryption context (key policy condition)",
+                key.arn
+            ),
+        ))
+    }
 }
 
 fn usable(key: &FakeKey) -> Result<(), Reply> {
@@ -249,7 +274,7 @@ fn encrypt(state: &mut State, body: &Value) -> Reply {
         );
     };
     let key = &state.keys[&id];
-    if let Err(reply) = usable(key) {
+    if let Err(reply) = usable(key).and_then(|()| context_allowed(key, body)) {
         return reply;
     }
     if key.spec.key_usage != "ENCRYPT_DECRYPT" || key.spec.key_spec != "SYMMETRIC_DEFAULT" {
@@ -335,7 +360,7 @@ fn decrypt(state: &mut State, body: &Value) -> Reply {
     let Some(key) = state.keys.get(&blob_key) else {
         return invalid();
     };
-    if let Err(reply) = usable(key) {
+    if let Err(reply) = usable(key).and_then(|()| context_allowed(key, body)) {
         return reply;
     }
     let rest = &blob[1 + KEY_ID_LEN..];

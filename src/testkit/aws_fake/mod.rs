@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
 
+use super::ServerControl;
 use super::http::{BoxReply, Reply, Request, Server};
 use crate::cipher::{CipherKey, CipherProvider};
 use crate::error::Result;
@@ -103,6 +104,8 @@ struct FakeKey {
     created: f64,
     cipher: CipherKey,
     denied: bool,
+    /// A key policy condition: only these `compartment_id` context values may use the key.
+    allowed_compartments: Option<Vec<String>>,
 }
 
 /// An AssumeRole call the fake answered.
@@ -168,12 +171,20 @@ impl FakeAwsKms {
             ..State::default()
         }));
         let handler_state = state.clone();
-        let server = Server::start(move |req: Request| -> BoxReply {
-            let state = handler_state.clone();
-            Box::pin(async move { handle(&state, req).await })
-        })
+        let server = Server::start(
+            move |req: Request| -> BoxReply {
+                let state = handler_state.clone();
+                Box::pin(async move { handle(&state, req).await })
+            },
+            || kms::error(500, "KMSInternalException", "injected outage"),
+        )
         .await?;
         Ok(Self { state, server })
+    }
+
+    /// Outages, error rates, and stopping and restarting the server on its port.
+    pub fn server(&self) -> ServerControl<'_> {
+        ServerControl(&self.server)
     }
 
     /// The endpoint URL for KMS and STS clients: `http://127.0.0.1:<port>`.
@@ -212,9 +223,25 @@ impl FakeAwsKms {
         }
     }
 
+    /// Gives the key a least-privilege policy: `Encrypt` and `Decrypt` are allowed only with an
+    /// EncryptionContext whose `compartment_id` is one of `compartments`
+    /// (`kms:EncryptionContext:compartment_id` condition); others get `AccessDeniedException`.
+    /// `None` lifts the condition.
+    pub fn restrict_compartments(&self, arn: &str, compartments: Option<&[&str]>) {
+        if let Some(key) = lock(&self.state).keys.values_mut().find(|k| k.arn == arn) {
+            key.allowed_compartments =
+                compartments.map(|c| c.iter().map(|s| (*s).to_owned()).collect());
+        }
+    }
+
     /// Delays every answer by `latency`.
     pub fn set_latency(&self, latency: Duration) {
         lock(&self.state).latency = latency;
+    }
+
+    /// Drops the faults still queued by [`Self::inject`].
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults.clear();
     }
 
     /// The next `count` KMS calls suffer `fault`.

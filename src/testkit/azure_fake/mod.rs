@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::ServerControl;
 use super::TestCa;
 use super::http::{BoxReply, Request, Server};
 use crate::error::Result;
@@ -61,6 +62,7 @@ struct KeyVersion {
 }
 
 struct VaultKey {
+    denied: bool,
     versions: BTreeMap<String, KeyVersion>,
     current: String,
     ops: Vec<String>,
@@ -138,9 +140,23 @@ impl FakeKeyVault {
                 Box::pin(async move { rest::handle(&state, &tenant, req).await })
             },
             ca.server_config(),
+            || rest::server_error("injected outage"),
         )
         .await?;
         Ok(Self { state, server, ca })
+    }
+
+    /// Outages, error rates, and stopping and restarting the server on its port.
+    pub fn server(&self) -> ServerControl<'_> {
+        ServerControl(&self.server)
+    }
+
+    /// Makes the vault refuse (or allow again) every use of the key: 403 `ForbiddenByRbac`, as
+    /// when the service's role assignment is removed.
+    pub fn deny_access(&self, name: &str, denied: bool) {
+        if let Some(key) = lock(&self.state).keys.get_mut(name) {
+            key.denied = denied;
+        }
     }
 
     /// The vault URI clients use: `https://127.0.0.1:<port>`.
@@ -166,6 +182,7 @@ impl FakeKeyVault {
         lock(&self.state).keys.insert(
             name.to_owned(),
             VaultKey {
+                denied: false,
                 versions,
                 current: id.clone(),
                 ops: ["encrypt", "decrypt", "wrapKey", "unwrapKey"]
@@ -242,6 +259,11 @@ impl FakeKeyVault {
     /// Delays every answer by `latency`.
     pub fn set_latency(&self, latency: Duration) {
         lock(&self.state).latency = latency;
+    }
+
+    /// Drops the faults still queued by [`Self::inject`].
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults.clear();
     }
 
     /// The next `count` key calls suffer `fault`.

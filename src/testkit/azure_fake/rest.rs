@@ -30,6 +30,11 @@ fn ok(body: Value) -> Reply {
     .with_header("x-ms-request-id", &super::new_version_id())
 }
 
+/// The vault's answer to a request it cannot serve now (500).
+pub(super) fn server_error(message: &str) -> Reply {
+    error(500, "InternalServerError", message, None)
+}
+
 pub(super) async fn handle(state: &std::sync::Mutex<State>, tenant: &str, req: Request) -> Reply {
     let Some(token) = req
         .header("authorization")
@@ -107,6 +112,14 @@ pub(super) async fn handle(state: &std::sync::Mutex<State>, tenant: &str, req: R
             None,
         );
     };
+    if key.denied {
+        return error(
+            403,
+            "Forbidden",
+            "Caller is not authorized to perform action on resource. (role assignment removed)",
+            Some("ForbiddenByRbac"),
+        );
+    }
     let version = if version.is_empty() {
         key.current.as_str()
     } else {

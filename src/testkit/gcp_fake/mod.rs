@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
+use super::ServerControl;
 use super::http::{BoxReply, Request, Server};
 use crate::cipher::{CipherKey, CipherProvider};
 use crate::error::Result;
@@ -136,12 +137,20 @@ impl FakeGcpKms {
     pub async fn start() -> Result<Self> {
         let state = Arc::new(Mutex::new(State::default()));
         let handler_state = state.clone();
-        let server = Server::start(move |req: Request| -> BoxReply {
-            let state = handler_state.clone();
-            Box::pin(async move { rest::handle(&state, req).await })
-        })
+        let server = Server::start(
+            move |req: Request| -> BoxReply {
+                let state = handler_state.clone();
+                Box::pin(async move { rest::handle(&state, req).await })
+            },
+            || rest::error("UNAVAILABLE", "injected outage"),
+        )
         .await?;
         Ok(Self { state, server })
+    }
+
+    /// Outages, error rates, and stopping and restarting the server on its port.
+    pub fn server(&self) -> ServerControl<'_> {
+        ServerControl(&self.server)
     }
 
     /// The endpoint for the client: `http://127.0.0.1:<port>`.
@@ -188,6 +197,19 @@ impl FakeGcpKms {
         next
     }
 
+    /// Sets every version's state (the whole key disabled, enabled again, or destroyed: Cloud
+    /// KMS keys are never deleted, their versions are destroyed).
+    pub fn set_key_state(&self, key: &str, version_state: FakeVersionState) {
+        let versions: Vec<u32> = lock(&self.state)
+            .keys
+            .get(key)
+            .map(|k| k.versions.keys().copied().collect())
+            .unwrap_or_default();
+        for version in versions {
+            self.set_version_state(key, version, version_state);
+        }
+    }
+
     /// Sets a version's state; destroying erases its material for good.
     pub fn set_version_state(&self, key: &str, version: u32, version_state: FakeVersionState) {
         let mut state = lock(&self.state);
@@ -215,6 +237,11 @@ impl FakeGcpKms {
     /// Delays every answer by `latency`.
     pub fn set_latency(&self, latency: Duration) {
         lock(&self.state).latency = latency;
+    }
+
+    /// Drops the faults still queued by [`Self::inject`].
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults.clear();
     }
 
     /// The next `count` calls suffer `fault`.

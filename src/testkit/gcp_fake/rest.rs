@@ -9,7 +9,7 @@ use super::{FakeVersionState, GcpFault, State, lock};
 use crate::cipher::{NONCE_LEN, TAG_LEN};
 use crate::testkit::http::{Reply, Request};
 
-fn error(status: &str, message: &str) -> Reply {
+pub(super) fn error(status: &str, message: &str) -> Reply {
     let code = match status {
         "INVALID_ARGUMENT" | "FAILED_PRECONDITION" => 400,
         "UNAUTHENTICATED" => 401,

@@ -1,11 +1,17 @@
-//! Bounded exponential backoff with full jitter around KMS calls.
+//! Bounded exponential backoff with full jitter around KMS calls: [`RetryPolicy`] and the
+//! [`Retry`] layer.
 
+use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rand::RngExt;
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::key::DataKey;
+use crate::kms::{KeyDescription, KmsBackend, Provider, WrapContext, WrappedKey};
 
 /// How KMS calls are retried and timed out.
 ///
@@ -22,7 +28,8 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// Upper bound of any delay. Default 2 s.
     pub max_backoff: Duration,
-    /// Time limit of one attempt; an attempt that runs longer fails as transient. Default 10 s.
+    /// Time limit of one attempt; an attempt that runs longer fails as transient. Default 3 s
+    /// (a hung connection then costs one attempt, not the whole deadline).
     pub attempt_timeout: Option<Duration>,
 }
 
@@ -32,7 +39,7 @@ impl Default for RetryPolicy {
             max_attempts: 4,
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
-            attempt_timeout: Some(Duration::from_secs(10)),
+            attempt_timeout: Some(Duration::from_secs(3)),
         }
     }
 }
@@ -78,22 +85,29 @@ impl RetryPolicy {
             .min(self.max_backoff)
     }
 
-    /// Runs `op` until it succeeds, fails with a non-retryable error or attempts run out.
-    /// `on_attempt` sees each attempt's outcome (for counting).
-    pub(crate) async fn run<T, F, Fut>(
-        &self,
-        mut op: F,
-        mut on_attempt: impl FnMut(&Result<T>),
-    ) -> Result<T>
+    /// Runs `op` until it succeeds, fails with a non-retryable or fail-fast error, attempts run
+    /// out, or the next attempt could not finish before the task's deadline (see
+    /// [`deadline`](super::deadline)). Each attempt is timed out at the earlier of
+    /// `attempt_timeout` and the deadline; no backoff sleeps past the deadline.
+    pub(crate) async fn run<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        let deadline = super::deadline::current();
         let mut attempt = 1;
         loop {
-            let outcome = match self.attempt_timeout {
+            let limit = match (self.attempt_timeout, deadline) {
+                (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),
+                (t, None) => t,
+                (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
+            };
+            let outcome = match limit {
                 Some(limit) => match tokio::time::timeout(limit, op()).await {
                     Ok(outcome) => outcome,
+                    Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                        Err(super::deadline::exceeded())
+                    }
                     Err(_) => Err(Error::transient(format!(
                         "KMS call timed out after {} ms",
                         limit.as_millis()
@@ -101,11 +115,13 @@ impl RetryPolicy {
                 },
                 None => op().await,
             };
-            on_attempt(&outcome);
             match outcome {
-                Err(e) if e.is_retryable() && attempt < self.max_attempts => {
+                Err(e) if e.is_retryable() && !e.is_fail_fast() && attempt < self.max_attempts => {
                     let ceiling = self.backoff_ceiling(attempt);
                     let delay = rand::rng().random_range(Duration::ZERO..=ceiling);
+                    if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                        return Err(e);
+                    }
                     tracing::debug!(attempt, ?delay, error = %e, "retrying KMS call");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -113,6 +129,57 @@ impl RetryPolicy {
                 other => return other,
             }
         }
+    }
+}
+
+/// Retries throttled and transient failures of `inner` per a [`RetryPolicy`], within the
+/// task's deadline.
+#[derive(Clone, Debug)]
+pub struct Retry<T> {
+    inner: T,
+    policy: RetryPolicy,
+}
+
+impl<T> Retry<T> {
+    /// Retries calls through `inner` per `policy`.
+    pub fn new(inner: T, policy: RetryPolicy) -> Self {
+        Self { inner, policy }
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Retry<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Retry({}, {})", self.policy.max_attempts, self.inner)
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<T: KmsBackend> KmsBackend for Retry<T> {
+    fn provider(&self) -> Provider {
+        self.inner.provider()
+    }
+
+    fn wrapping_key_id(&self) -> Option<&str> {
+        self.inner.wrapping_key_id()
+    }
+
+    async fn describe(&self) -> Result<KeyDescription> {
+        self.policy.run(|| self.inner.describe()).await
+    }
+
+    async fn wrap(&self, dek: &DataKey, context: &WrapContext<'_>) -> Result<WrappedKey> {
+        self.policy.run(|| self.inner.wrap(dek, context)).await
+    }
+
+    async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<DataKey> {
+        self.policy
+            .run(|| self.inner.unwrap(wrapped, context))
+            .await
+    }
+
+    async fn check_key(&self) -> Result<()> {
+        self.policy.run(|| self.inner.check_key()).await
     }
 }
 
@@ -139,16 +206,13 @@ mod tests {
     async fn retries_transient_until_success() {
         let calls = AtomicU32::new(0);
         let out = fast()
-            .run(
-                || async {
-                    if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                        Err(Error::new(ErrorKind::Throttled, "slow down"))
-                    } else {
-                        Ok(7)
-                    }
-                },
-                |_| {},
-            )
+            .run(|| async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(Error::new(ErrorKind::Throttled, "slow down"))
+                } else {
+                    Ok(7)
+                }
+            })
             .await;
         assert_eq!(out.unwrap(), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -158,13 +222,10 @@ mod tests {
     async fn gives_up_after_max_attempts() {
         let calls = AtomicU32::new(0);
         let out: Result<()> = fast()
-            .run(
-                || async {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    Err(Error::transient("down"))
-                },
-                |_| {},
-            )
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Error::transient("down"))
+            })
             .await;
         assert_eq!(out.unwrap_err().kind(), ErrorKind::Transient);
         assert_eq!(calls.load(Ordering::SeqCst), 4);
@@ -174,29 +235,51 @@ mod tests {
     async fn does_not_retry_permanent_errors() {
         let calls = AtomicU32::new(0);
         let out: Result<()> = fast()
-            .run(
-                || async {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    Err(Error::new(ErrorKind::PermissionDenied, "no"))
-                },
-                |_| {},
-            )
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Error::new(ErrorKind::PermissionDenied, "no"))
+            })
             .await;
         assert_eq!(out.unwrap_err().kind(), ErrorKind::PermissionDenied);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
+    async fn hanging_attempts_stop_at_the_deadline() {
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(4500);
+        let out: Result<()> = super::super::deadline::within(deadline, async {
+            RetryPolicy::default()
+                .run(|| async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<Result<()>>().await
+                })
+                .await
+        })
+        .await;
+        let err = out.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(
+            started.elapsed() <= Duration::from_millis(4500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "a 3 s attempt, then one cut short"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn slow_attempts_time_out_as_transient() {
         let p = RetryPolicy::none().with_attempt_timeout(Some(Duration::from_millis(100)));
         let out: Result<()> = p
-            .run(
-                || async {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    Ok(())
-                },
-                |_| {},
-            )
+            .run(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            })
             .await;
         assert_eq!(out.unwrap_err().kind(), ErrorKind::Transient);
     }
