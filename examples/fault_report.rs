@@ -4,7 +4,7 @@
 //! second on a revoked key and during outages, and the longest wait of any caller.
 //!
 //! ```sh
-//! cargo run --release --all-features --example fault_report
+//! cargo run --all-features --example fault_report
 //! ```
 
 use std::time::Duration;

@@ -453,8 +453,9 @@ impl ControlPlane {
         let key = self.inner.key(id).await?;
         let result = match self.inner.backend(&key).await {
             Ok(backend) => {
-                let checked = self.client.layers().one_off(backend);
-                validation::validate(&checked, &key.key_config()).await
+                let layers = self.client.layers();
+                validation::validate(&layers.one_off(backend), &key.key_config(), layers.deadline)
+                    .await
             }
             Err(e) => validation::classify(&e),
         };
@@ -525,8 +526,10 @@ impl ControlPlane {
             rotatable(&key, &config)?;
             let backend = self.inner.backends.factory().backend(&config).await?;
             self.distinct_key(&key, &config, backend.as_ref()).await?;
-            let checked = self.client.layers().one_off(backend);
-            let result = validation::validate(&checked, &key.key_config()).await;
+            let layers = self.client.layers();
+            let result =
+                validation::validate(&layers.one_off(backend), &key.key_config(), layers.deadline)
+                    .await;
             if let Some(e) = result.error {
                 return Err(Error::new(
                     ErrorKind::Validation,

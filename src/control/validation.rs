@@ -8,6 +8,8 @@
 //! the external key's id (`ekey_…`). The policy must allow the first; it may refuse the second
 //! (a refusal proves the binding as well as an integrity failure does).
 
+use std::time::Duration;
+
 use super::model::ValidationResult;
 use crate::error::{Error, ErrorKind};
 use crate::ids::{CompartmentId, KeyConfigId};
@@ -33,7 +35,7 @@ pub(crate) fn classify(e: &Error) -> ValidationResult {
             ),
         ),
         ErrorKind::Unauthenticated => ValidationResult::failure("authentication_failed", message),
-        ErrorKind::Transient => ValidationResult::failure(
+        ErrorKind::Transient | ErrorKind::DeadlineExceeded => ValidationResult::failure(
             "network_error",
             format!("the KMS could not be reached: {message}"),
         ),
@@ -50,13 +52,15 @@ pub(crate) fn classify(e: &Error) -> ValidationResult {
 }
 
 /// Runs the checks and the round trips through `backend`, a one-off stack of the client's
-/// layers (deadline and retries, no breaker: what validation hears says nothing about keys in
-/// use).
+/// layers (retries, no breaker: what validation hears says nothing about keys in use), all
+/// within one `deadline`.
 pub(crate) async fn validate(
     backend: &dyn KmsBackend,
     key_config: &KeyConfigId,
+    deadline: Duration,
 ) -> ValidationResult {
-    match run(backend, key_config).await {
+    let deadline = tokio::time::Instant::now() + deadline;
+    match crate::kms::layers::deadline::within(deadline, run(backend, key_config)).await {
         Ok(result) => result,
         Err(e) => classify(&e),
     }

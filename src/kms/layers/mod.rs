@@ -63,3 +63,29 @@ impl Layers {
         Deadline::new(Retry::new(observed, self.retry.clone()), self.deadline)
     }
 }
+
+#[cfg(all(test, feature = "local"))]
+mod tests {
+    use super::*;
+    use crate::kms::health::{BreakerConfig, HealthRegistry};
+
+    #[test]
+    fn display_shows_the_whole_chain() {
+        let layers = Layers {
+            retry: RetryPolicy::default(),
+            deadline: DEFAULT_DEADLINE,
+            health: Arc::new(HealthRegistry::new(BreakerConfig::default())),
+            counters: Arc::default(),
+        };
+        let backend: Arc<dyn KmsBackend> =
+            Arc::new(crate::LocalKms::generate("local:chain").unwrap());
+        assert_eq!(
+            layers.in_use(backend.clone()).to_string(),
+            "Deadline(10000 ms, Retry(4, Guard(Observe(LocalKms(local:chain)))))"
+        );
+        assert_eq!(
+            layers.one_off(backend).to_string(),
+            "Deadline(10000 ms, Retry(4, Observe(LocalKms(local:chain))))"
+        );
+    }
+}

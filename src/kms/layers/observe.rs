@@ -49,44 +49,84 @@ impl<T: fmt::Display> fmt::Display for Observe<T> {
     }
 }
 
-impl<T: KmsBackend> Observe<T> {
-    fn seen<R>(
-        &self,
+/// One attempt under way: counted when it starts, recorded when it ends, or as `cancelled`
+/// when its future is dropped first (a timeout, a caller that gave up).
+struct Attempt<'a> {
+    counters: &'a KmsCounters,
+    provider: Provider,
+    op: &'static str,
+    key_config: &'a str,
+    started: Instant,
+    done: bool,
+}
+
+impl<'a> Attempt<'a> {
+    fn start(
+        counters: &'a KmsCounters,
+        provider: Provider,
         op: &'static str,
-        key_config: Option<&str>,
-        started: Instant,
-        outcome: &Result<R>,
-    ) {
-        let counter = match op {
-            "wrap" => Some(&self.counters.wrap_calls),
-            "unwrap" => Some(&self.counters.unwrap_calls),
-            _ => None,
+        key_config: &'a str,
+    ) -> Self {
+        match op {
+            "wrap" => counters.wrap_calls.fetch_add(1, Relaxed),
+            "unwrap" => counters.unwrap_calls.fetch_add(1, Relaxed),
+            _ => 0,
         };
-        if let Some(c) = counter {
-            c.fetch_add(1, Relaxed);
+        Self {
+            counters,
+            provider,
+            op,
+            key_config,
+            started: Instant::now(),
+            done: false,
         }
-        let elapsed = started.elapsed();
-        let provider = self.inner.provider();
-        let outcome_name = match outcome {
-            Ok(_) => "ok",
-            Err(e) => e.kind().as_str(),
-        };
-        crate::telemetry::kms_call(provider, op, outcome_name, elapsed);
-        let elapsed_ms = elapsed.as_secs_f64() * 1e3;
-        let key_config = key_config.unwrap_or("-");
-        match outcome {
-            Ok(_) => tracing::debug!(
-                provider = provider.as_str(),
+    }
+
+    fn end<R>(mut self, outcome: Result<R>) -> Result<R> {
+        self.done = true;
+        let (provider, op, key_config) = (self.provider.as_str(), self.op, self.key_config);
+        match &outcome {
+            Ok(_) => {
+                let elapsed_ms = self.record("ok");
+                tracing::debug!(provider, op, key_config, elapsed_ms, "KMS call succeeded");
+            }
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Relaxed);
+                let elapsed_ms = self.record(e.kind().as_str());
+                tracing::warn!(provider, op, key_config, elapsed_ms, error = %e, "KMS call failed");
+            }
+        }
+        outcome
+    }
+
+    /// Feeds the metrics; returns the latency in milliseconds.
+    fn record(&self, outcome: &'static str) -> f64 {
+        let elapsed = self.started.elapsed();
+        crate::telemetry::kms_call(self.provider, self.op, outcome, elapsed);
+        elapsed.as_secs_f64() * 1e3
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.counters.errors.fetch_add(1, Relaxed);
+            let elapsed_ms = self.record("cancelled");
+            let (provider, op, key_config) = (self.provider.as_str(), self.op, self.key_config);
+            tracing::warn!(
+                provider,
                 op,
                 key_config,
                 elapsed_ms,
-                "KMS call succeeded"
-            ),
-            Err(e) => {
-                self.counters.errors.fetch_add(1, Relaxed);
-                tracing::warn!(provider = provider.as_str(), op, key_config, elapsed_ms, error = %e, "KMS call failed");
-            }
+                "KMS call abandoned (timed out or cancelled)"
+            );
         }
+    }
+}
+
+impl<T: KmsBackend> Observe<T> {
+    fn attempt<'a>(&'a self, op: &'static str, key_config: &'a str) -> Attempt<'a> {
+        Attempt::start(&self.counters, self.inner.provider(), op, key_config)
     }
 }
 
@@ -102,40 +142,22 @@ impl<T: KmsBackend> KmsBackend for Observe<T> {
     }
 
     async fn describe(&self) -> Result<KeyDescription> {
-        let started = Instant::now();
-        let outcome = self.inner.describe().await;
-        self.seen("describe", None, started, &outcome);
-        outcome
+        let attempt = self.attempt("describe", "-");
+        attempt.end(self.inner.describe().await)
     }
 
     async fn wrap(&self, dek: &DataKey, context: &WrapContext<'_>) -> Result<WrappedKey> {
-        let started = Instant::now();
-        let outcome = self.inner.wrap(dek, context).await;
-        self.seen(
-            "wrap",
-            Some(context.key_config().as_str()),
-            started,
-            &outcome,
-        );
-        outcome
+        let attempt = self.attempt("wrap", context.key_config().as_str());
+        attempt.end(self.inner.wrap(dek, context).await)
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext<'_>) -> Result<DataKey> {
-        let started = Instant::now();
-        let outcome = self.inner.unwrap(wrapped, context).await;
-        self.seen(
-            "unwrap",
-            Some(context.key_config().as_str()),
-            started,
-            &outcome,
-        );
-        outcome
+        let attempt = self.attempt("unwrap", context.key_config().as_str());
+        attempt.end(self.inner.unwrap(wrapped, context).await)
     }
 
     async fn check_key(&self) -> Result<()> {
-        let started = Instant::now();
-        let outcome = self.inner.check_key().await;
-        self.seen("check_key", None, started, &outcome);
-        outcome
+        let attempt = self.attempt("check_key", "-");
+        attempt.end(self.inner.check_key().await)
     }
 }
