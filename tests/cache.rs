@@ -169,6 +169,8 @@ async fn transient_errors_are_retried_permanent_ones_are_not() {
     );
     assert_eq!(kms.wrap_calls(), 4, "answered by the breaker");
     tokio::time::sleep(BREAKER_WINDOW).await;
+    client.encrypt(&compartment("r2"), b"x", b"").await.unwrap();
+    assert_eq!(kms.wrap_calls(), 5, "the probe found the key usable again");
 
     kms.fail_next(10, ErrorKind::Throttled);
     let err = client
@@ -176,7 +178,7 @@ async fn transient_errors_are_retried_permanent_ones_are_not() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Throttled);
-    assert_eq!(kms.wrap_calls(), 8, "bounded: 4 attempts");
+    assert_eq!(kms.wrap_calls(), 9, "bounded: 4 attempts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1215,10 +1215,13 @@ async fn rotate_then_rewrap_keeps_everything_readable_and_resumes_after_a_failur
         );
     }
 
-    // The rerun resumes after the last checkpoint and finishes (once the new key's breaker asks
-    // it again); throttling is retried.
+    // The rerun resumes after the last checkpoint and finishes (once the new key's breaker has
+    // found it usable again); throttling and transient failures are retried.
     tokio::time::sleep(BREAKER_WINDOW).await;
     new_kms.clear_faults();
+    purge(client, &compartments[..1]);
+    client.encrypt(&compartments[0], b"probe", b"").await.unwrap();
+    let records_after_rotation = records_after_rotation + 1; // the probe's data key
     new_kms.push_faults([
         Fault::Fail(ErrorKind::Throttled),
         Fault::Fail(ErrorKind::Transient),

@@ -317,3 +317,41 @@ async fn a_revoked_key_costs_a_bounded_number_of_kms_calls() {
         .unwrap();
     assert_eq!(client.key_health()[0].state, cmek::KeyState::Healthy);
 }
+
+/// Callers that give up (short deadlines, cancellation) before a slow KMS answers teach the
+/// breaker nothing: the key stays healthy for everyone else, and no probe is left hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_give_up_do_not_open_the_breaker() {
+    let (client, kms) = faulty_client(CacheConfig::default());
+    kms.set_latency(Duration::from_millis(200));
+    let hasty = client.with_deadline(Duration::from_millis(20));
+    for i in 0..12 {
+        let err = hasty
+            .encrypt(&compartment(&format!("hasty-{i}")), b"x", b"")
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    }
+    // Callers cancelled mid-call (their tasks aborted).
+    for i in 0..12 {
+        let client = client.clone();
+        let task = tokio::spawn(async move {
+            client
+                .encrypt(&compartment(&format!("cancelled-{i}")), b"x", b"")
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+    let patient = client.encrypt(&compartment("patient"), b"x", b"").await;
+    assert!(patient.is_ok(), "{patient:?}");
+    assert!(
+        client
+            .key_health()
+            .iter()
+            .all(|h| h.state == cmek::KeyState::Healthy),
+        "{:?}",
+        client.key_health()
+    );
+}

@@ -68,7 +68,7 @@ impl Inner {
         let layers = Layers {
             retry: policies.retry,
             deadline: policies.deadline,
-            health: Arc::new(HealthRegistry::new(policies.breaker)),
+            health: Arc::new(HealthRegistry::new(policies.breaker, policies.deadline)),
             counters: counters.kms.clone(),
         };
         Self {
@@ -423,24 +423,40 @@ impl Inner {
             }
             _ => (DekSource::Stored(compartment.clone()), None),
         };
-        let inner = self.clone();
-        let (c, dek_id) = (compartment.clone(), pre.dek_id);
-        let flight = self
-            .dec_flights
-            .run_until((pre.dek_id, source), Some(deadline), move || {
-                deadline::within(deadline, async move {
-                    let record = match inline {
-                        Some(record) => record,
-                        None => inner.stored_record(&c, &dek_id).await?,
-                    };
-                    inner.open_record(record).await
-                })
-                .boxed()
-            });
-        let outcome = match tokio::time::timeout_at(deadline, flight).await {
-            Ok((outcome, _)) => outcome,
-            Err(_) => Err(deadline::exceeded()),
-        };
+        let mut outcome = Err(deadline::exceeded());
+        // As for encryption: a caller that joined an earlier caller's flight and got a
+        // retryable failure with time to spare asks once more with a flight of its own.
+        for attempt in 0..2 {
+            let inner = self.clone();
+            let (c, dek_id, inline) = (compartment.clone(), pre.dek_id, inline.clone());
+            let flight = self.dec_flights.run_until(
+                (pre.dek_id, source.clone()),
+                Some(deadline),
+                move || {
+                    deadline::within(deadline, async move {
+                        let record = match inline {
+                            Some(record) => record,
+                            None => inner.stored_record(&c, &dek_id).await?,
+                        };
+                        inner.open_record(record).await
+                    })
+                    .boxed()
+                },
+            );
+            let (result, started) = match tokio::time::timeout_at(deadline, flight).await {
+                Ok(joined) => joined,
+                Err(_) => (Err(deadline::exceeded()), false),
+            };
+            let again = matches!(&result, Err(e) if attempt == 0
+                && !started
+                && e.is_retryable()
+                && !e.is_fail_fast()
+                && Instant::now() < deadline);
+            outcome = result;
+            if !again {
+                break;
+            }
+        }
         let open = match outcome {
             Ok(open) => open,
             Err(e) => {

@@ -99,7 +99,8 @@ impl Client {
 
     /// The same client (same cache, same keys) with another deadline for each operation that
     /// has to ask the KMS: every attempt and backoff counts against it, and a caller waiting on
-    /// another caller's KMS call waits no longer than its own deadline.
+    /// another caller's KMS call waits no longer than its own deadline. (A zero deadline fails
+    /// every call that needs the KMS; cached data keys are used as ever.)
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

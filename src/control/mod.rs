@@ -356,6 +356,16 @@ impl ControlPlane {
         &self.client
     }
 
+    /// Runs `op` (building a backend, which may ask the cloud for credentials) within the
+    /// client's deadline.
+    async fn within_deadline<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + self.client.layers().deadline;
+        crate::kms::layers::deadline::within(deadline, op).await
+    }
+
     /// Runs `op`, recording its outcome as an audit event.
     async fn audited<T>(
         &self,
@@ -451,7 +461,7 @@ impl ControlPlane {
         id: &ExternalKeyId,
     ) -> Result<ValidationResult> {
         let key = self.inner.key(id).await?;
-        let result = match self.inner.backend(&key).await {
+        let result = match self.within_deadline(self.inner.backend(&key)).await {
             Ok(backend) => {
                 let layers = self.client.layers();
                 validation::validate(&layers.one_off(backend), &key.key_config(), layers.deadline)
@@ -524,7 +534,9 @@ impl ControlPlane {
             config.validate()?;
             let key = self.inner.key(id).await?;
             rotatable(&key, &config)?;
-            let backend = self.inner.backends.factory().backend(&config).await?;
+            let backend = self
+                .within_deadline(self.inner.backends.factory().backend(&config))
+                .await?;
             self.distinct_key(&key, &config, backend.as_ref()).await?;
             let layers = self.client.layers();
             let result =
@@ -746,8 +758,11 @@ impl ControlPlane {
         mut progress: impl FnMut(&RewrapJob),
     ) -> Result<RewrapJob> {
         let key = self.inner.key(id).await?;
-        let keys = self.inner.backends.built(&key).await?.backend;
-        let target = keys.describe().await?.key_id;
+        let keys = self
+            .within_deadline(self.inner.backends.built(&key))
+            .await?
+            .backend;
+        let target = keys.wrapping_key_id().unwrap_or_default().to_owned();
         let mut job = match self.inner.store.rewrap_job(id).await? {
             Some(job) if job.target_key_ref == target && job.finished_at.is_none() => job,
             _ => RewrapJob::new(id.clone(), target.clone()),

@@ -186,13 +186,13 @@ pub struct KeyEvent {
 /// Receives key events; called synchronously, so it must not block.
 pub type KeyListener = Arc<dyn Fn(&KeyEvent) + Send + Sync>;
 
-/// What a call on a key is to the breaker.
+/// What a call on a key is to the breaker: an ordinary call or the one probe, and the key's
+/// state generation when it was let through (an answer to a call let through before the key
+/// changed state does not change it back).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Admission {
-    /// An ordinary call of a healthy key.
-    Normal,
-    /// The one call that probes a failing key.
-    Probe,
+pub(crate) struct Admission {
+    probe: bool,
+    generation: u64,
 }
 
 struct SlotState {
@@ -200,7 +200,11 @@ struct SlotState {
     since: SystemTime,
     /// While not healthy: calls fail fast until then (then one probe).
     retry_at: Instant,
-    probe_out: bool,
+    /// When the probe under way was let through (a probe whose caller vanished without an
+    /// answer is replaced after the probe lease).
+    probe_out: Option<Instant>,
+    /// Counts state changes; see [`Admission`].
+    generation: u64,
     transient_in_a_row: u32,
     ever_ok: bool,
     last_success: Option<SystemTime>,
@@ -232,6 +236,8 @@ type SlotKey = (KeyConfigId, String, String);
 /// Every key's slots, and who listens to their events.
 pub(crate) struct HealthRegistry {
     config: BreakerConfig,
+    /// How long a probe may be out before another call may probe instead.
+    probe_lease: Duration,
     slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
     /// What is known of each key (configuration, key id) across its slots.
     keys: Mutex<HashMap<(KeyConfigId, String), KeyFlags>>,
@@ -271,15 +277,20 @@ fn verdict(kind: ErrorKind, is_wrap: bool) -> Verdict {
         // A key in use that a wrap cannot find was deleted (validation found it once).
         ErrorKind::NotFound if is_wrap => Verdict::Gone,
         ErrorKind::PermissionDenied | ErrorKind::Unauthenticated => Verdict::Refused,
-        ErrorKind::Transient | ErrorKind::DeadlineExceeded => Verdict::Unreachable,
+        ErrorKind::Transient => Verdict::Unreachable,
+        // The caller's deadline ran out: its budget, not evidence about the key (a hang is cut
+        // off by the per-attempt timeout first, as a transient failure).
+        ErrorKind::DeadlineExceeded => Verdict::Neutral,
         _ => Verdict::Neutral,
     }
 }
 
 impl HealthRegistry {
-    pub(crate) fn new(config: BreakerConfig) -> Self {
+    /// A registry whose probes last at most `probe_lease` (the operations' deadline).
+    pub(crate) fn new(config: BreakerConfig, probe_lease: Duration) -> Self {
         Self {
             config,
+            probe_lease,
             slots: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
             listeners: RwLock::new(Vec::new()),
@@ -319,7 +330,8 @@ impl HealthRegistry {
                         state: KeyState::Healthy,
                         since: SystemTime::now(),
                         retry_at: Instant::now(),
-                        probe_out: false,
+                        probe_out: None,
+                        generation: 0,
                         transient_in_a_row: 0,
                         ever_ok: false,
                         last_success: None,
@@ -388,13 +400,23 @@ impl HealthRegistry {
     /// Lets a call through, or answers it from the breaker.
     pub(crate) fn admit(&self, slot: &Slot) -> Result<Admission> {
         let mut s = slot.lock();
+        let generation = s.generation;
         if s.state == KeyState::Healthy {
-            return Ok(Admission::Normal);
+            return Ok(Admission {
+                probe: false,
+                generation,
+            });
         }
         let now = Instant::now();
-        if now >= s.retry_at && !s.probe_out {
-            s.probe_out = true;
-            return Ok(Admission::Probe);
+        let probe_free = s
+            .probe_out
+            .is_none_or(|since| now.saturating_duration_since(since) > self.probe_lease);
+        if now >= s.retry_at && probe_free {
+            s.probe_out = Some(now);
+            return Ok(Admission {
+                probe: true,
+                generation,
+            });
         }
         let wait = s.retry_at.saturating_duration_since(now);
         let (kind, last) = match &s.last_error {
@@ -438,21 +460,26 @@ impl HealthRegistry {
         let mut events = Vec::new();
         let outcome = {
             let mut s = slot.lock();
-            if admission == Admission::Probe {
-                s.probe_out = false;
+            if admission.probe {
+                s.probe_out = None;
             }
+            // An answer to a call let through before the key last changed state is history:
+            // it is kept as the last success or failure, but moves nothing.
+            let current = admission.generation == s.generation;
             match outcome {
                 Ok(value) => {
                     if !s.ever_ok {
                         self.key_flags(slot, |k| k.worked = true);
                     }
-                    s.transient_in_a_row = 0;
                     s.ever_ok = true;
                     s.last_success = Some(now);
-                    if s.state != KeyState::Healthy {
-                        events.extend(self.transition(slot, &mut s, KeyState::Healthy, None));
-                    } else if std::mem::take(&mut s.degraded) {
-                        events.push(slot.event(KeyEventKind::DegradedEnded, None));
+                    if current {
+                        s.transient_in_a_row = 0;
+                        if s.state != KeyState::Healthy {
+                            events.extend(self.transition(slot, &mut s, KeyState::Healthy, None));
+                        } else if std::mem::take(&mut s.degraded) {
+                            events.push(slot.event(KeyEventKind::DegradedEnded, None));
+                        }
                     }
                     Ok(value)
                 }
@@ -464,27 +491,55 @@ impl HealthRegistry {
                         )),
                         _ => e,
                     };
-                    let next = match verdict(e.kind(), is_wrap) {
-                        Verdict::Gone => Some((KeyState::Revoked, self.config.revoked_retry_after)),
-                        Verdict::Refused => {
-                            Some((KeyState::Denied, self.config.revoked_retry_after))
+                    let revoked_or_denied = matches!(s.state, KeyState::Revoked | KeyState::Denied);
+                    let verdict = verdict(e.kind(), is_wrap);
+                    let says_something = !matches!(verdict, Verdict::Neutral);
+                    let next = match verdict {
+                        Verdict::Gone => {
+                            s.transient_in_a_row = 0;
+                            Some(KeyState::Revoked)
                         }
+                        Verdict::Refused => {
+                            s.transient_in_a_row = 0;
+                            Some(KeyState::Denied)
+                        }
+                        // A revoked or refused key stays so until it answers: an outage of
+                        // its KMS says nothing new about it (and must never let degraded mode
+                        // serve it).
+                        Verdict::Unreachable if revoked_or_denied => None,
                         Verdict::Unreachable => {
                             s.transient_in_a_row = s.transient_in_a_row.saturating_add(1);
                             (s.state == KeyState::Unreachable
                                 || s.transient_in_a_row >= self.config.unreachable_after)
-                                .then_some((KeyState::Unreachable, self.config.probe_interval))
+                                .then_some(KeyState::Unreachable)
                         }
                         Verdict::Neutral => None,
                     };
                     if !matches!(e.kind(), ErrorKind::Integrity) {
                         s.last_error = Some((e.clone(), now));
                     }
-                    if let Some((state, window)) = next {
-                        s.retry_at = Instant::now() + jittered(window);
-                        if s.state != state {
-                            events.extend(self.transition(slot, &mut s, state, Some(e.clone())));
+                    match next {
+                        Some(state) if current => {
+                            s.retry_at = Instant::now() + jittered(self.window(state));
+                            if s.state != state {
+                                events.extend(self.transition(
+                                    slot,
+                                    &mut s,
+                                    state,
+                                    Some(e.clone()),
+                                ));
+                            }
                         }
+                        // A probe that found the KMS still out of reach waits out a whole
+                        // window again (throttling says nothing: the retry's backoff spaces it).
+                        _ if admission.probe
+                            && current
+                            && says_something
+                            && s.state != KeyState::Healthy =>
+                        {
+                            s.retry_at = Instant::now() + jittered(self.window(s.state));
+                        }
+                        _ => {}
                     }
                     Err(e)
                 }
@@ -494,16 +549,24 @@ impl HealthRegistry {
         outcome
     }
 
-    /// A call that never came back (its future was dropped: a timeout or a cancelled caller).
-    pub(crate) fn abandoned(&self, slot: &Slot, admission: Admission, is_wrap: bool) {
-        let _ = self.record::<()>(
-            slot,
-            admission,
-            is_wrap,
-            Err(Error::transient(
-                "the KMS call did not finish (timed out or cancelled)",
-            )),
-        );
+    /// A call whose caller went away before the KMS answered (cancelled, or cut off by its
+    /// deadline): no answer, so nothing is learnt about the key; a probe is given back.
+    /// (A call that hangs is cut off by the attempt timeout below the breaker, and counts.)
+    pub(crate) fn abandoned(&self, slot: &Slot, admission: Admission) {
+        if admission.probe {
+            let mut s = slot.lock();
+            if s.generation == admission.generation {
+                s.probe_out = None;
+            }
+        }
+    }
+
+    /// How long a key in `state` fails fast before the next probe.
+    fn window(&self, state: KeyState) -> Duration {
+        match state {
+            KeyState::Unreachable => self.config.probe_interval,
+            _ => self.config.revoked_retry_after,
+        }
     }
 
     /// Whether cached data keys of this key may serve past their max age now: only while it is
@@ -515,16 +578,29 @@ impl HealthRegistry {
         key_id: &str,
         key_version: &str,
     ) -> bool {
-        let Some(slot) = self.slots.lock().ok().and_then(|s| {
-            s.get(&(
-                key_config.clone(),
-                key_id.to_owned(),
-                key_version.to_owned(),
-            ))
-            .cloned()
-        }) else {
+        let found = |id: &str| {
+            self.slots.lock().ok().and_then(|s| {
+                s.get(&(key_config.clone(), id.to_owned(), key_version.to_owned()))
+                    .cloned()
+            })
+        };
+        // Wraps of a backend that does not name its key up front are filed under "".
+        let Some(slot) = found(key_id).or_else(|| found("")) else {
             return false;
         };
+        // Never for a key any of whose slots is revoked or refused.
+        let revoked = self
+            .keys
+            .lock()
+            .ok()
+            .and_then(|k| {
+                k.get(&(key_config.clone(), key_id.to_owned()))
+                    .map(|f| f.revoked)
+            })
+            .unwrap_or(false);
+        if revoked {
+            return false;
+        }
         let started = {
             let mut s = slot.lock();
             // Out of reach: its breaker is open, or at least its last answers were outages.
@@ -551,6 +627,7 @@ impl HealthRegistry {
     ) -> Vec<KeyEvent> {
         let from = std::mem::replace(&mut s.state, to);
         s.since = SystemTime::now();
+        s.generation += 1;
         let permission_lost = cause
             .as_ref()
             .is_some_and(|e| e.kind() == ErrorKind::PermissionDenied);
@@ -655,6 +732,7 @@ mod tests {
             BreakerConfig::default()
                 .with_revoked_retry_after(Duration::from_millis(100))
                 .with_probe_interval(Duration::from_millis(100)),
+            Duration::from_secs(1),
         )
     }
 
@@ -687,13 +765,13 @@ mod tests {
             tokio::time::advance(Duration::from_millis(101)).await;
         }
         let probe = r.admit(&slot).unwrap();
-        assert_eq!(probe, Admission::Probe);
+        assert!(probe.probe);
         assert!(
             r.admit(&slot).unwrap_err().is_fail_fast(),
             "one probe at a time"
         );
         r.record(&slot, probe, false, Ok(())).unwrap();
-        assert_eq!(r.admit(&slot).unwrap(), Admission::Normal);
+        assert!(!r.admit(&slot).unwrap().probe);
         let seen = seen.lock().unwrap();
         assert_eq!(
             *seen,
@@ -738,5 +816,69 @@ mod tests {
             !r.serve_degraded(&k, "key-1", ""),
             "never after a revocation"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_to_calls_let_through_before_a_change_change_nothing() {
+        let r = registry();
+        let seen = events(&r);
+        let k = KeyConfigId::new("k").unwrap();
+        let slot = r.slot(&k, "key-1", "", Provider::Aws);
+        let old = r.admit(&slot).unwrap();
+        let revoking = r.admit(&slot).unwrap();
+        let _ = r.record::<()>(&slot, revoking, true, Err(Error::revoked("disabled")));
+        // The older call succeeds after the revocation: the key stays revoked, counted once.
+        r.record(&slot, old, true, Ok(())).unwrap();
+        assert_eq!(r.state_of(&k, "key-1", ""), Some(KeyState::Revoked));
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_waits_a_whole_window_and_a_vanished_probe_is_replaced() {
+        let r = registry();
+        let k = KeyConfigId::new("k").unwrap();
+        let slot = r.slot(&k, "key-1", "", Provider::Aws);
+        let a = r.admit(&slot).unwrap();
+        let _ = r.record::<()>(&slot, a, true, Err(Error::revoked("disabled")));
+        tokio::time::advance(Duration::from_millis(101)).await;
+        // A probe that finds the KMS out of reach (of a revoked key: it stays revoked).
+        let probe = r.admit(&slot).unwrap();
+        let _ = r.record::<()>(&slot, probe, true, Err(Error::transient("503")));
+        assert!(
+            r.admit(&slot).unwrap_err().is_fail_fast(),
+            "the window is rearmed"
+        );
+        tokio::time::advance(Duration::from_millis(101)).await;
+        // A probe whose caller vanishes without an answer: given back at once.
+        let probe = r.admit(&slot).unwrap();
+        r.abandoned(&slot, probe);
+        assert!(r.admit(&slot).unwrap().probe);
+        // One that is never given back is replaced after the lease (1 s here).
+        assert!(r.admit(&slot).unwrap_err().is_fail_fast());
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(r.admit(&slot).unwrap().probe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_of_a_revoked_key_keeps_it_revoked_and_never_degraded() {
+        let r = registry();
+        let k = KeyConfigId::new("k").unwrap();
+        let slot = r.slot(&k, "key-1", "", Provider::Aws);
+        let a = r.admit(&slot).unwrap();
+        let _ = r.record::<()>(&slot, a, true, Err(Error::revoked("disabled")));
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(101)).await;
+            let probe = r.admit(&slot).unwrap();
+            let _ = r.record::<()>(&slot, probe, true, Err(Error::transient("503")));
+        }
+        assert_eq!(r.state_of(&k, "key-1", ""), Some(KeyState::Revoked));
+        assert!(!r.serve_degraded(&k, "key-1", ""));
+        // Nor does another version's outage degrade a key one of whose slots is revoked.
+        let other = r.slot(&k, "key-1", "7", Provider::Aws);
+        for _ in 0..5 {
+            let a = r.admit(&other).unwrap();
+            let _ = r.record::<()>(&other, a, false, Err(Error::transient("503")));
+        }
+        assert!(!r.serve_degraded(&k, "key-1", "7"));
     }
 }

@@ -61,8 +61,7 @@ impl Pending<'_> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.health
-                .abandoned(&self.slot, self.admission, self.is_wrap);
+            self.health.abandoned(&self.slot, self.admission);
         }
     }
 }

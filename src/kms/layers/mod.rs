@@ -7,16 +7,17 @@
 //! | [`Retry`] | retries throttled and transient failures with backoff and full jitter, never past the deadline |
 //! | [`Guard`] | the per-key breaker: a revoked, denied or unreachable key fails fast instead of costing a KMS call per request (see [`health`](crate::kms::health)) |
 //! | [`Observe`] | counts, times and traces every attempt (and feeds the `metrics` facade) |
+//! | [`Timeout`] | cuts off one attempt at the per-attempt timeout (below the breaker, so a hang counts against the key) |
 //!
-//! The client, validation and rewrap all use the same stack, composed in one place
-//! ([`Layers`]): `Deadline(Retry(Guard(Observe(backend))))` for keys in use, and the same
-//! without the guard for one-off checks of a key (validation), whose refusals say nothing about a
-//! key in use.
+//! The client, validation and rewrap all use the same stack, composed in one place:
+//! `Deadline(Retry(Guard(Observe(Timeout(backend)))))` for keys in use, and the same without the
+//! guard for one-off checks of a key (validation), whose refusals say nothing about a key in use.
 
 pub mod deadline;
 mod guard;
 mod observe;
 mod retry;
+mod timeout;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub use guard::Guard;
 pub(crate) use observe::KmsCounters;
 pub use observe::Observe;
 pub use retry::{Retry, RetryPolicy};
+pub use timeout::Timeout;
 
 use crate::kms::KmsBackend;
 use crate::kms::health::HealthRegistry;
@@ -34,10 +36,10 @@ use crate::kms::health::HealthRegistry;
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A backend of a key configuration in use, with every layer.
-pub(crate) type InUse = Deadline<Retry<Guard<Observe<Arc<dyn KmsBackend>>>>>;
+pub(crate) type InUse = Deadline<Retry<Guard<Observe<Timeout<Arc<dyn KmsBackend>>>>>>;
 
 /// A backend for a one-off check, without the breaker.
-pub(crate) type OneOff = Deadline<Retry<Observe<Arc<dyn KmsBackend>>>>;
+pub(crate) type OneOff = Deadline<Retry<Observe<Timeout<Arc<dyn KmsBackend>>>>>;
 
 /// What the layers share: the policies, the key health registry and the counters.
 #[derive(Debug)]
@@ -51,7 +53,8 @@ pub(crate) struct Layers {
 impl Layers {
     /// The stack for a key configuration in use (encryption, decryption, rewrap).
     pub(crate) fn in_use(&self, backend: Arc<dyn KmsBackend>) -> InUse {
-        let observed = Observe::new(backend, self.counters.clone());
+        let timed = Timeout::new(backend, self.retry.attempt_timeout);
+        let observed = Observe::new(timed, self.counters.clone());
         let guarded = Guard::new(observed, self.health.clone());
         Deadline::new(Retry::new(guarded, self.retry.clone()), self.deadline)
     }
@@ -59,7 +62,8 @@ impl Layers {
     /// The stack for a one-off check of a key (validation of a configuration or of a rotation's
     /// new key): its answers do not move any key's breaker.
     pub(crate) fn one_off(&self, backend: Arc<dyn KmsBackend>) -> OneOff {
-        let observed = Observe::new(backend, self.counters.clone());
+        let timed = Timeout::new(backend, self.retry.attempt_timeout);
+        let observed = Observe::new(timed, self.counters.clone());
         Deadline::new(Retry::new(observed, self.retry.clone()), self.deadline)
     }
 }
@@ -74,18 +78,21 @@ mod tests {
         let layers = Layers {
             retry: RetryPolicy::default(),
             deadline: DEFAULT_DEADLINE,
-            health: Arc::new(HealthRegistry::new(BreakerConfig::default())),
+            health: Arc::new(HealthRegistry::new(
+                BreakerConfig::default(),
+                DEFAULT_DEADLINE,
+            )),
             counters: Arc::default(),
         };
         let backend: Arc<dyn KmsBackend> =
             Arc::new(crate::LocalKms::generate("local:chain").unwrap());
         assert_eq!(
             layers.in_use(backend.clone()).to_string(),
-            "Deadline(10000 ms, Retry(4, Guard(Observe(LocalKms(local:chain)))))"
+            "Deadline(10000 ms, Retry(4, Guard(Observe(Timeout(3000 ms, LocalKms(local:chain))))))"
         );
         assert_eq!(
             layers.one_off(backend).to_string(),
-            "Deadline(10000 ms, Retry(4, Observe(LocalKms(local:chain))))"
+            "Deadline(10000 ms, Retry(4, Observe(Timeout(3000 ms, LocalKms(local:chain)))))"
         );
     }
 }

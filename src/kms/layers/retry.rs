@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rand::RngExt;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::key::DataKey;
 use crate::kms::{KeyDescription, KmsBackend, Provider, WrapContext, WrappedKey};
 
@@ -86,9 +86,9 @@ impl RetryPolicy {
     }
 
     /// Runs `op` until it succeeds, fails with a non-retryable or fail-fast error, attempts run
-    /// out, or the next attempt could not finish before the task's deadline (see
-    /// [`deadline`](super::deadline)). Each attempt is timed out at the earlier of
-    /// `attempt_timeout` and the deadline; no backoff sleeps past the deadline.
+    /// out, or the next backoff would end past the task's deadline (see
+    /// [`deadline`](super::deadline)). Attempts are timed out by the [`Timeout`](super::Timeout)
+    /// layer below, so the breaker between them sees a hang as a failure.
     pub(crate) async fn run<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -97,24 +97,7 @@ impl RetryPolicy {
         let deadline = super::deadline::current();
         let mut attempt = 1;
         loop {
-            let limit = match (self.attempt_timeout, deadline) {
-                (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),
-                (t, None) => t,
-                (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
-            };
-            let outcome = match limit {
-                Some(limit) => match tokio::time::timeout(limit, op()).await {
-                    Ok(outcome) => outcome,
-                    Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                        Err(super::deadline::exceeded())
-                    }
-                    Err(_) => Err(Error::transient(format!(
-                        "KMS call timed out after {} ms",
-                        limit.as_millis()
-                    ))),
-                },
-                None => op().await,
-            };
+            let outcome = op().await;
             match outcome {
                 Err(e) if e.is_retryable() && !e.is_fail_fast() && attempt < self.max_attempts => {
                     let ceiling = self.backoff_ceiling(attempt);
@@ -185,8 +168,9 @@ impl<T: KmsBackend> KmsBackend for Retry<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::timeout::timed;
     use super::*;
-    use crate::ErrorKind;
+    use crate::{Error, ErrorKind};
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn fast() -> RetryPolicy {
@@ -249,11 +233,14 @@ mod tests {
         let calls = AtomicU32::new(0);
         let started = Instant::now();
         let deadline = started + Duration::from_millis(4500);
+        let policy = RetryPolicy::default();
         let out: Result<()> = super::super::deadline::within(deadline, async {
-            RetryPolicy::default()
-                .run(|| async {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    std::future::pending::<Result<()>>().await
+            policy
+                .run(|| {
+                    timed(policy.attempt_timeout, async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<Result<()>>().await
+                    })
                 })
                 .await
         })
@@ -276,9 +263,11 @@ mod tests {
     async fn slow_attempts_time_out_as_transient() {
         let p = RetryPolicy::none().with_attempt_timeout(Some(Duration::from_millis(100)));
         let out: Result<()> = p
-            .run(|| async {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                Ok(())
+            .run(|| {
+                timed(p.attempt_timeout, async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(())
+                })
             })
             .await;
         assert_eq!(out.unwrap_err().kind(), ErrorKind::Transient);
