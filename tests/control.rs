@@ -1220,7 +1220,10 @@ async fn rotate_then_rewrap_keeps_everything_readable_and_resumes_after_a_failur
     tokio::time::sleep(BREAKER_WINDOW).await;
     new_kms.clear_faults();
     purge(client, &compartments[..1]);
-    client.encrypt(&compartments[0], b"probe", b"").await.unwrap();
+    client
+        .encrypt(&compartments[0], b"probe", b"")
+        .await
+        .unwrap();
     let records_after_rotation = records_after_rotation + 1; // the probe's data key
     new_kms.push_faults([
         Fault::Fail(ErrorKind::Throttled),

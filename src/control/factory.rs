@@ -16,8 +16,8 @@ pub trait BackendFactory: Send + Sync + fmt::Debug + 'static {
     /// A backend for `config`.
     ///
     /// # Errors
-    /// [`ErrorKind::Configuration`] when this build cannot reach the provider (its feature is
-    /// off), or the backend's own construction error.
+    /// [`ErrorKind::Configuration`](crate::ErrorKind::Configuration) when this build cannot
+    /// reach the provider (its feature is off), or the backend's own construction error.
     async fn backend(&self, config: &ProviderConfig) -> Result<Arc<dyn KmsBackend>>;
 }
 
