@@ -52,7 +52,8 @@ pub struct AuditEvent {
     pub actor: Actor,
     /// What: `external_key.create`, `external_key.validate`, `external_key.rotate`,
     /// `external_key.delete`, `compartment.create`, `compartment.attach`, `rewrap.start`,
-    /// `rewrap.complete`, `key.revocation_detected`.
+    /// `rewrap.complete`, and the key events `key.revocation_detected`, `key.restored`,
+    /// `key.degraded_started`, `key.degraded_ended`.
     pub action: String,
     /// The external key concerned.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -170,11 +170,7 @@ pub async fn run_all(target: &dyn FaultTarget, config: &SuiteConfig) -> FaultRep
         target: target.name().to_owned(),
         ..FaultReport::default()
     };
-    for event in [
-        KeyEventKind_::Disable,
-        KeyEventKind_::Delete,
-        KeyEventKind_::Deny,
-    ] {
+    for event in [KeyChange::Disable, KeyChange::Delete, KeyChange::Deny] {
         report
             .key_events
             .push(key_event(target, config, event, Traffic::Writes).await);
@@ -232,14 +228,13 @@ fn client(backend: Arc<dyn KmsBackend>, config: &SuiteConfig, cache: CacheConfig
 
 /// A key event the suite makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(non_camel_case_types)]
-enum KeyEventKind_ {
+enum KeyChange {
     Disable,
     Delete,
     Deny,
 }
 
-impl KeyEventKind_ {
+impl KeyChange {
     fn name(self) -> &'static str {
         match self {
             Self::Disable => "disable",
@@ -285,7 +280,7 @@ enum Traffic {
 async fn key_event(
     target: &dyn FaultTarget,
     config: &SuiteConfig,
-    event: KeyEventKind_,
+    event: KeyChange,
     traffic: Traffic,
 ) -> KeyEventTiming {
     let label = format!(

@@ -492,7 +492,8 @@ impl AzureKeyVaultBuilder {
         Ok(self)
     }
 
-    /// How often the key's public half is fetched again (default 5 minutes).
+    /// How long the key's public half cached for [`KmsBackend::describe`] is reused (default 5
+    /// minutes). Wraps always fetch the key first.
     pub fn public_key_refresh(mut self, every: Duration) -> Self {
         self.refresh = every;
         self

@@ -29,7 +29,8 @@ pub struct RetryPolicy {
     /// Upper bound of any delay. Default 2 s.
     pub max_backoff: Duration,
     /// Time limit of one attempt; an attempt that runs longer fails as transient. Default 3 s
-    /// (a hung connection then costs one attempt, not the whole deadline).
+    /// (a hung connection then costs one attempt, not the whole deadline). Applied by the
+    /// [`Timeout`](super::Timeout) layer, below the breaker, in the client's stack.
     pub attempt_timeout: Option<Duration>,
 }
 
@@ -116,7 +117,7 @@ impl RetryPolicy {
 }
 
 /// Retries throttled and transient failures of `inner` per a [`RetryPolicy`], within the
-/// task's deadline.
+/// task's deadline. It does not time attempts out: put a [`Timeout`](super::Timeout) below it.
 #[derive(Clone, Debug)]
 pub struct Retry<T> {
     inner: T,
