@@ -434,6 +434,14 @@ impl Inner {
                 Some(deadline),
                 move || {
                     deadline::within(deadline, async move {
+                        // A flight that ended between this caller's cache miss and its joining
+                        // has left its DEK in the cache: use it rather than unwrap again.
+                        if let Some(open) = inner.dec.map.get(&dek_id)
+                            && open.is_fresh(CoarseInstant::now())
+                            && open.dek.compartment == c
+                        {
+                            return Ok(open);
+                        }
                         let record = match inline {
                             Some(record) => record,
                             None => inner.stored_record(&c, &dek_id).await?,
