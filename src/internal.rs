@@ -2,11 +2,12 @@
 //! anything here may change in any release.
 
 use crate::cache::LoadedDek;
+use crate::cipher::DekMaterial;
 use crate::cipher::{CipherKey, CipherProvider, NONCE_LEN, TAG_LEN};
 use crate::error::Result;
 use crate::format::{DekRecord, Form, Preamble, Suite};
 use crate::ids::{CompartmentId, DekId, KeyConfigId};
-use crate::key::{DataKey, DekMaterial};
+use crate::key::DataKey;
 use crate::kms::WrappedKey;
 
 /// A raw AES-256-GCM key of one provider, for Wycheproof tests and raw-cipher benchmarks.

@@ -1,14 +1,10 @@
-//! Secret key material: the data-encryption key and what is derived from it.
+//! Keys as values: the secret data-encryption key and the public wrapped key that travels with data.
 
-use hkdf::Hkdf;
-use sha2::Sha256;
-use subtle::ConstantTimeEq;
+use std::fmt;
+
 use zeroize::Zeroizing;
 
-use crate::cipher::{CipherKey, CipherProvider};
 use crate::error::{Error, Result};
-use crate::format::{COMMITMENT_LEN, Suite};
-use crate::ids::DekId;
 
 /// Length of a data-encryption key in bytes (AES-256).
 pub const DATA_KEY_LEN: usize = 32;
@@ -52,98 +48,113 @@ impl DataKey {
     }
 }
 
-/// What a cached DEK holds: the expanded message key, derived once. (Its key commitment lives
-/// in the DEK record and header.)
-pub(crate) struct DekMaterial {
-    pub(crate) cipher: CipherKey,
+/// Which kind of KMS holds a key. Recorded in every envelope header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Provider {
+    /// The local key-file backend (also the provider-managed key).
+    Local,
+    /// AWS KMS.
+    Aws,
+    /// Google Cloud KMS.
+    Gcp,
+    /// Azure Key Vault.
+    Azure,
+    /// Any other backend implemented outside this crate.
+    Other,
 }
 
-impl DekMaterial {
-    /// Derives the message key and the commitment from a DEK (HKDF-SHA256, see `docs/FORMAT.md`).
-    pub(crate) fn derive(
-        dek: &DataKey,
-        dek_id: &DekId,
-        suite: Suite,
-        provider: CipherProvider,
-    ) -> Result<(Self, [u8; COMMITMENT_LEN])> {
-        let (message_key, commitment) = derive_keys(dek, dek_id, suite);
-        let cipher = CipherKey::new(provider, &message_key)?;
-        Ok((Self { cipher }, commitment))
+impl Provider {
+    /// A short stable name: `local`, `aws`, `gcp`, `azure` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Aws => "aws",
+            Self::Gcp => "gcp",
+            Self::Azure => "azure",
+            Self::Other => "other",
+        }
     }
 
-    /// Derives from a DEK and checks it against the commitment found in a header, in constant time.
-    pub(crate) fn derive_committed(
-        dek: &DataKey,
-        dek_id: &DekId,
-        suite: Suite,
-        provider: CipherProvider,
-        expected: &[u8; COMMITMENT_LEN],
-    ) -> Result<Self> {
-        let (message_key, commitment) = derive_keys(dek, dek_id, suite);
-        if !bool::from(commitment.ct_eq(expected)) {
-            return Err(Error::integrity());
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::Other => 0x00,
+            Self::Local => 0x01,
+            Self::Aws => 0x02,
+            Self::Gcp => 0x03,
+            Self::Azure => 0x04,
         }
-        Ok(Self {
-            cipher: CipherKey::new(provider, &message_key)?,
+    }
+
+    pub(crate) fn from_code(code: u8) -> Result<Self> {
+        Ok(match code {
+            0x00 => Self::Other,
+            0x01 => Self::Local,
+            0x02 => Self::Aws,
+            0x03 => Self::Gcp,
+            0x04 => Self::Azure,
+            other => {
+                return Err(Error::invalid_input(format!(
+                    "unknown KMS provider code 0x{other:02x}"
+                )));
+            }
         })
     }
 }
 
-/// HKDF-SHA256 with salt `"cmek/v1" || suite || dek_id` and the DEK as input keying material.
-fn derive_keys(
-    dek: &DataKey,
-    dek_id: &DekId,
-    suite: Suite,
-) -> (Zeroizing<[u8; 32]>, [u8; COMMITMENT_LEN]) {
-    let mut salt = [0u8; 7 + 1 + crate::ids::DEK_ID_LEN];
-    salt[..7].copy_from_slice(b"cmek/v1");
-    salt[7] = suite as u8;
-    salt[8..].copy_from_slice(&dek_id.to_bytes());
-    let hk = Hkdf::<Sha256>::new(Some(&salt), dek.expose_secret());
-    let mut message_key = Zeroizing::new([0u8; 32]);
-    let mut commitment = [0u8; COMMITMENT_LEN];
-    // Both lengths are far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
-    let _ = hk.expand(b"cmek/v1 message key", message_key.as_mut_slice());
-    let _ = hk.expand(b"cmek/v1 key commitment", &mut commitment);
-    (message_key, commitment)
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A DEK wrapped by a backend, with the key reference and key version that can unwrap it.
+///
+/// Public data: it travels in envelope headers and DEK records.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WrappedKey {
+    /// The kind of KMS that wrapped it.
+    pub provider: Provider,
+    /// The backend key reference (ARN, resource name, key id).
+    pub key_id: String,
+    /// The key version that wrapped it (empty when the ciphertext itself names it, as on AWS).
+    pub key_version: String,
+    /// The wrapped bytes.
+    pub ciphertext: Vec<u8>,
+}
+
+impl WrappedKey {
+    /// Bundles a wrapped DEK with its key reference and version.
+    pub fn new(
+        provider: Provider,
+        key_id: impl Into<String>,
+        key_version: impl Into<String>,
+        ciphertext: Vec<u8>,
+    ) -> Self {
+        Self {
+            provider,
+            key_id: key_id.into(),
+            key_version: key_version.into(),
+            ciphertext,
+        }
+    }
+}
+
+impl fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WrappedKey")
+            .field("provider", &self.provider)
+            .field("key_id", &self.key_id)
+            .field("key_version", &self.key_version)
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn derivation_is_deterministic_and_separated() {
-        let dek = DataKey::from_slice(&[7u8; 32]).unwrap();
-        let id = DekId::from_bytes([1u8; 16]);
-        let (k1, c1) = derive_keys(&dek, &id, Suite::Aes256GcmHkdfSha256);
-        let (k2, c2) = derive_keys(&dek, &id, Suite::Aes256GcmHkdfSha256);
-        assert_eq!(*k1, *k2);
-        assert_eq!(c1, c2);
-        assert_ne!(k1.as_slice(), c1.as_slice());
-        let (_, c3) = derive_keys(
-            &dek,
-            &DekId::from_bytes([2u8; 16]),
-            Suite::Aes256GcmHkdfSha256,
-        );
-        assert_ne!(c1, c3, "the DEK id is bound into the commitment");
-    }
-
-    #[test]
-    fn commitment_mismatch_is_integrity_error() {
-        let dek = DataKey::generate().unwrap();
-        let id = DekId::random().unwrap();
-        let err = DekMaterial::derive_committed(
-            &dek,
-            &id,
-            Suite::Aes256GcmHkdfSha256,
-            CipherProvider::default(),
-            &[0u8; COMMITMENT_LEN],
-        )
-        .err()
-        .unwrap();
-        assert_eq!(err.kind(), crate::ErrorKind::Integrity);
-    }
 
     #[test]
     fn wrong_length_key_is_rejected() {

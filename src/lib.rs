@@ -10,6 +10,7 @@ mod cipher;
 mod client;
 pub mod control;
 mod error;
+mod files;
 pub mod format;
 mod ids;
 mod key;

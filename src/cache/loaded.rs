@@ -1,9 +1,9 @@
 //! A DEK ready for use: expanded key, commitment, encoded header and header digests.
 
+use crate::cipher::{DekMaterial, compact_digest, sha256};
 use crate::error::Result;
-use crate::format::{DekRecord, Form, MAGIC, Preamble, VERSION, sha256};
+use crate::format::{DekRecord, Form, Preamble};
 use crate::ids::{CompartmentId, DekId, KeyConfigId};
-use crate::key::DekMaterial;
 
 /// Everything the hot path needs about one DEK, computed once when the DEK enters the cache.
 pub(crate) struct LoadedDek {
@@ -24,14 +24,6 @@ impl LoadedDek {
     pub(crate) fn new(record: &DekRecord, material: DekMaterial) -> Self {
         let mut header = Vec::with_capacity(record.encoded_len());
         record.encode(Form::SelfContained, &mut header);
-        let mut compact_preamble = [0u8; Preamble::LEN];
-        compact_preamble[..4].copy_from_slice(&[
-            MAGIC,
-            VERSION,
-            Form::Compact as u8,
-            record.suite() as u8,
-        ]);
-        compact_preamble[4..].copy_from_slice(&record.dek_id().to_bytes());
         Self {
             id: record.dek_id(),
             compartment: record.compartment().clone(),
@@ -39,8 +31,8 @@ impl LoadedDek {
             material,
             header_digest: sha256(&[&header]),
             header: header.into_boxed_slice(),
-            compact_digest: record.compact_binding(),
-            compact_preamble,
+            compact_digest: compact_digest(record),
+            compact_preamble: record.compact_header(),
         }
     }
 

@@ -5,6 +5,7 @@
 
 #[cfg(feature = "aws-lc")]
 mod aws_lc;
+mod derive;
 #[cfg(feature = "rustcrypto")]
 mod rust_crypto;
 
@@ -15,10 +16,14 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 
+pub(crate) use derive::{DekMaterial, compact_digest, sha256};
+
 /// Nonce length of AES-256-GCM as used here (96 bits).
 pub const NONCE_LEN: usize = 12;
 /// Tag length of AES-256-GCM (128 bits).
 pub const TAG_LEN: usize = 16;
+// The envelope format lays out what this cipher produces.
+const _: () = assert!(NONCE_LEN == crate::format::NONCE_LEN && TAG_LEN == crate::format::TAG_LEN);
 /// Largest plaintext AES-GCM can encrypt under one nonce: 2^36 - 32 bytes (NIST SP 800-38D).
 pub const MAX_PLAINTEXT_LEN: u64 = (1 << 36) - 32;
 

@@ -16,11 +16,11 @@ use crate::cache::{
     ActiveDek, CacheConfig, Counters, DecryptCache, DekSource, EncryptCache, LoadedDek, OpenDek,
     Reservation, SingleFlight, Stats,
 };
-use crate::cipher::CipherProvider;
+use crate::cipher::{CipherProvider, DekMaterial, sha256};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::{DekRecord, Form, Preamble, Suite, sha256};
+use crate::format::{DekRecord, Form, Preamble, Suite};
 use crate::ids::{CompartmentId, DekId, KeyConfigId};
-use crate::key::{DataKey, DekMaterial};
+use crate::key::DataKey;
 use crate::kms::health::{BreakerConfig, HealthRegistry, KeyEvent, KeyEventKind, KeyState};
 use crate::kms::layers::{Layers, RetryPolicy, deadline};
 use crate::kms::{KeyResolver, KmsBackend, WrapContext};
@@ -429,16 +429,22 @@ impl Inner {
         for attempt in 0..2 {
             let inner = self.clone();
             let (c, dek_id, inline) = (compartment.clone(), pre.dek_id, inline.clone());
+            let wanted = source.clone();
             let flight = self.dec_flights.run_until(
                 (pre.dek_id, source.clone()),
                 Some(deadline),
                 move || {
                     deadline::within(deadline, async move {
                         // A flight that ended between this caller's cache miss and its joining
-                        // has left its DEK in the cache: use it rather than unwrap again.
+                        // has left its DEK in the cache: use it rather than unwrap again (if it
+                        // came from the same header: an inline one must be unwrapped as written).
                         if let Some(open) = inner.dec.map.get(&dek_id)
                             && open.is_fresh(CoarseInstant::now())
                             && open.dek.compartment == c
+                            && match &wanted {
+                                DekSource::Inline(digest) => open.dek.header_digest == *digest,
+                                DekSource::Stored(_) => true,
+                            }
                         {
                             return Ok(open);
                         }

@@ -12,7 +12,6 @@
 //! `attachments/<id>` (the attached `ekey_` id, the source of truth for the write-once field),
 //! `rewrap_jobs/<id>.json`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,8 +24,11 @@ use super::model::{Compartment, ExternalKey, ExternalKeyId};
 use super::rewrap::RewrapJob;
 use super::store::{ControlStore, attachable, changed_meanwhile, conflict, mark_deleted};
 use crate::error::{Error, ErrorKind, Result};
+use crate::files::{
+    STALE_TEMPORARY_AGE, blocking, create_once, lock_exclusive, remove_stale_temporaries,
+    write_atomically,
+};
 use crate::ids::CompartmentId;
-use crate::store::write_atomically;
 
 /// The control plane's state in a directory.
 #[derive(Clone, Debug)]
@@ -40,12 +42,6 @@ const DIRS: [&str; 4] = [
     "attachments",
     "rewrap_jobs",
 ];
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::transient(format!("control store task failed: {e}")))?
-}
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
@@ -87,6 +83,7 @@ impl FileControlStore {
             std::fs::create_dir_all(root.join(dir)).map_err(|e| {
                 Error::from(e).with_context(format!("creating {}", root.join(dir).display()))
             })?;
+            remove_stale_temporaries(&root.join(dir), STALE_TEMPORARY_AGE)?;
         }
         Ok(Self {
             root: Arc::from(root),
@@ -135,52 +132,11 @@ fn load_compartment(path: &Path, attachments: &Path) -> Result<Option<Compartmen
     Ok(Some(c))
 }
 
-/// Takes the exclusive lock (`flock`, across processes) of the configuration stored at
-/// `key_path`; it is held until the returned file is dropped. Updates of the configuration
-/// and new attachments of it happen under this lock.
+/// Takes the exclusive lock (across processes) of the configuration stored at `key_path`; it is
+/// held until the returned file is dropped. Updates of the configuration and new attachments of
+/// it happen under this lock.
 fn lock_key(key_path: &Path) -> Result<std::fs::File> {
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(key_path.with_extension("lock"))?;
-    lock.lock()?;
-    Ok(lock)
-}
-
-/// Creates `path` with `contents` only if it does not exist, atomically across processes:
-/// readers see no file or the whole file. The contents go to a temporary file first, which is
-/// then hard-linked to `path` (`link` fails if `path` exists).
-fn create_once(path: &Path, contents: &[u8]) -> Result<bool> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix)
-        .map_err(|e| Error::transient(format!("OS random generator failed: {e}")))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("object");
-    let temporary = dir.join(format!(".{name}.{}.tmp", crate::ids::hex_encode(&suffix)));
-    let outcome = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temporary)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        match std::fs::hard_link(&temporary, path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(Error::from(e)),
-        }
-    })();
-    let _ = std::fs::remove_file(&temporary);
-    if outcome.as_ref().is_ok_and(|created| *created)
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    outcome
+    lock_exclusive(&key_path.with_extension("lock"))
 }
 
 #[async_trait]

@@ -2,8 +2,7 @@
 
 use serde::Serialize;
 
-use super::{DekRecord, Form, MAGIC, PREAMBLE_LEN, Suite, VERSION};
-use crate::cipher::{NONCE_LEN, TAG_LEN};
+use super::{DekRecord, Form, MAGIC, NONCE_LEN, PREAMBLE_LEN, Suite, TAG_LEN, VERSION};
 use crate::error::{Error, Result};
 use crate::ids::{DEK_ID_LEN, DekId, hex_encode};
 

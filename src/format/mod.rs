@@ -9,8 +9,6 @@
 mod envelope;
 mod record;
 
-use sha2::{Digest, Sha256};
-
 pub use envelope::{EnvelopeInfo, inspect};
 pub(crate) use envelope::{Preamble, split_body};
 pub use record::DekRecord;
@@ -27,9 +25,12 @@ pub const PREAMBLE_LEN: usize = 4;
 pub const COMMITMENT_LEN: usize = 32;
 /// Offset of the DEK id, the same in every form.
 pub const DEK_ID_OFFSET: usize = PREAMBLE_LEN;
+/// Length of the nonce that follows every header (suite `0x01`: 96 bits).
+pub const NONCE_LEN: usize = 12;
+/// Length of the tag that ends every envelope (suite `0x01`: 128 bits).
+pub const TAG_LEN: usize = 16;
 /// Bytes a compact envelope adds to the plaintext: preamble, DEK id, nonce and tag.
-pub const COMPACT_OVERHEAD: usize =
-    PREAMBLE_LEN + crate::ids::DEK_ID_LEN + crate::cipher::NONCE_LEN + crate::cipher::TAG_LEN;
+pub const COMPACT_OVERHEAD: usize = PREAMBLE_LEN + crate::ids::DEK_ID_LEN + NONCE_LEN + TAG_LEN;
 /// Longest wrapped DEK accepted (RSA-4096 gives 512 bytes; cloud KMS blobs are a few hundred).
 pub const MAX_WRAPPED_LEN: usize = 4096;
 /// Longest backend key reference accepted (an ARN or resource name).
@@ -82,13 +83,4 @@ impl Suite {
             ))),
         }
     }
-}
-
-/// SHA-256 of a byte string; the per-DEK header digests are computed once per DEK.
-pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
-    }
-    h.finalize().into()
 }

@@ -2,11 +2,11 @@
 
 use super::{
     COMMITMENT_LEN, Form, MAGIC, MAX_KEY_ID_LEN, MAX_KEY_VERSION_LEN, MAX_WRAPPED_LEN,
-    PREAMBLE_LEN, Suite, VERSION, sha256,
+    PREAMBLE_LEN, Suite, VERSION,
 };
 use crate::error::{Error, Result};
 use crate::ids::{CompartmentId, DEK_ID_LEN, DekId, KeyConfigId};
-use crate::kms::{Provider, WrappedKey};
+use crate::key::{Provider, WrappedKey};
 
 /// Everything known about one data key except the key itself: who it belongs to, which key
 /// configuration and backend key wrapped it, the wrapped bytes and the key commitment.
@@ -166,17 +166,30 @@ impl DekRecord {
         Ok((pre.form, record, r.pos))
     }
 
-    /// The digest compact envelopes under this DEK authenticate: their preamble, the DEK id, the
-    /// compartment and the commitment. It leaves the wrapping out so a rewrap keeps data readable.
-    pub(crate) fn compact_binding(&self) -> [u8; 32] {
+    /// What compact envelopes under this DEK authenticate (through its SHA-256): their preamble,
+    /// the DEK id, the compartment and the commitment. It leaves the wrapping (key configuration,
+    /// provider, key id and version, wrapped DEK) out so a rewrap keeps data readable.
+    pub(crate) fn compact_binding(&self) -> Vec<u8> {
         let compartment = self.compartment.as_str().as_bytes();
-        sha256(&[
-            &[MAGIC, VERSION, Form::Compact as u8, self.suite as u8],
-            &self.dek_id.to_bytes(),
-            &[compartment.len() as u8],
-            compartment,
-            &self.commitment,
-        ])
+        let mut out =
+            Vec::with_capacity(PREAMBLE_LEN + DEK_ID_LEN + 1 + compartment.len() + COMMITMENT_LEN);
+        out.extend_from_slice(&self.compact_header());
+        put_u8_str(&mut out, self.compartment.as_str());
+        out.extend_from_slice(&self.commitment);
+        out
+    }
+
+    /// The header of compact envelopes under this DEK: their preamble and the DEK id.
+    pub(crate) fn compact_header(&self) -> [u8; PREAMBLE_LEN + DEK_ID_LEN] {
+        let mut out = [0u8; PREAMBLE_LEN + DEK_ID_LEN];
+        out[..PREAMBLE_LEN].copy_from_slice(&[
+            MAGIC,
+            VERSION,
+            Form::Compact as u8,
+            self.suite as u8,
+        ]);
+        out[PREAMBLE_LEN..].copy_from_slice(&self.dek_id.to_bytes());
+        out
     }
 }
 

@@ -369,7 +369,7 @@ impl LocalKms {
             serde_json::to_string_pretty(&file)
                 .map_err(|e| Error::configuration(format!("cannot encode key file: {e}")))?,
         );
-        crate::store::write_atomically(path, text.as_bytes(), 0o600)
+        crate::files::write_atomically(path, text.as_bytes(), 0o600)
     }
 
     fn aad(&self, version: u32, context: &WrapContext<'_>) -> Vec<u8> {

@@ -31,69 +31,10 @@ pub use layers::RetryPolicy;
 pub use resolver::{KeyBinding, KeyResolver, StaticKey};
 pub use rotating::RotatingBackend;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ids::{CompartmentId, KeyConfigId};
 use crate::key::DataKey;
-
-/// Which kind of KMS holds a key. Recorded in every envelope header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Provider {
-    /// The local key-file backend (also the provider-managed key).
-    Local,
-    /// AWS KMS.
-    Aws,
-    /// Google Cloud KMS.
-    Gcp,
-    /// Azure Key Vault.
-    Azure,
-    /// Any other backend implemented outside this crate.
-    Other,
-}
-
-impl Provider {
-    /// A short stable name: `local`, `aws`, `gcp`, `azure` or `other`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Aws => "aws",
-            Self::Gcp => "gcp",
-            Self::Azure => "azure",
-            Self::Other => "other",
-        }
-    }
-
-    pub(crate) fn code(self) -> u8 {
-        match self {
-            Self::Other => 0x00,
-            Self::Local => 0x01,
-            Self::Aws => 0x02,
-            Self::Gcp => 0x03,
-            Self::Azure => 0x04,
-        }
-    }
-
-    pub(crate) fn from_code(code: u8) -> Result<Self> {
-        Ok(match code {
-            0x00 => Self::Other,
-            0x01 => Self::Local,
-            0x02 => Self::Aws,
-            0x03 => Self::Gcp,
-            0x04 => Self::Azure,
-            other => {
-                return Err(Error::invalid_input(format!(
-                    "unknown KMS provider code 0x{other:02x}"
-                )));
-            }
-        })
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::key::{Provider, WrappedKey};
 
 /// The key a backend wraps new DEKs under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,50 +119,6 @@ pub(crate) fn canonical_decimal_version(version: &str) -> Option<u32> {
         && version.bytes().all(|b| b.is_ascii_digit())
         && !(version.len() > 1 && version.starts_with('0'));
     canonical.then(|| version.parse().ok()).flatten()
-}
-
-/// A DEK wrapped by a backend, with the key reference and key version that can unwrap it.
-///
-/// Public data: it travels in envelope headers and DEK records.
-#[derive(Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WrappedKey {
-    /// The kind of KMS that wrapped it.
-    pub provider: Provider,
-    /// The backend key reference (ARN, resource name, key id).
-    pub key_id: String,
-    /// The key version that wrapped it (empty when the ciphertext itself names it, as on AWS).
-    pub key_version: String,
-    /// The wrapped bytes.
-    pub ciphertext: Vec<u8>,
-}
-
-impl WrappedKey {
-    /// Bundles a wrapped DEK with its key reference and version.
-    pub fn new(
-        provider: Provider,
-        key_id: impl Into<String>,
-        key_version: impl Into<String>,
-        ciphertext: Vec<u8>,
-    ) -> Self {
-        Self {
-            provider,
-            key_id: key_id.into(),
-            key_version: key_version.into(),
-            ciphertext,
-        }
-    }
-}
-
-impl fmt::Debug for WrappedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WrappedKey")
-            .field("provider", &self.provider)
-            .field("key_id", &self.key_id)
-            .field("key_version", &self.key_version)
-            .field("ciphertext_len", &self.ciphertext.len())
-            .finish()
-    }
 }
 
 /// A key management service that wraps and unwraps data keys.

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{DekStore, write_atomically};
+use super::DekStore;
 use crate::error::{Error, Result};
+use crate::files::{STALE_TEMPORARY_AGE, blocking, remove_stale_temporaries, write_atomically};
 use crate::format::DekRecord;
 use crate::ids::{CompartmentId, DekId};
 
@@ -51,12 +52,6 @@ impl FileDekStore {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::transient(format!("file store task failed: {e}")))?
-}
-
 #[async_trait]
 impl DekStore for FileDekStore {
     async fn put(&self, record: &DekRecord) -> Result<()> {
@@ -94,6 +89,9 @@ impl DekStore for FileDekStore {
     async fn list(&self, compartment: &CompartmentId) -> Result<Vec<DekId>> {
         let dir = self.dir(compartment);
         blocking(move || {
+            // Listing is how a rewrap starts on a compartment: a good moment to remove what an
+            // earlier writer, killed mid-write, left behind.
+            remove_stale_temporaries(&dir, STALE_TEMPORARY_AGE)?;
             let entries = match std::fs::read_dir(&dir) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

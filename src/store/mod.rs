@@ -8,15 +8,13 @@ mod file;
 mod memory;
 
 use std::fmt;
-use std::io::Write;
-use std::path::Path;
 
 use async_trait::async_trait;
 
 pub use file::FileDekStore;
 pub use memory::MemoryDekStore;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::DekRecord;
 use crate::ids::{CompartmentId, DekId};
 
@@ -42,49 +40,4 @@ pub trait DekStore: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// The store's I/O failure.
     async fn list(&self, compartment: &CompartmentId) -> Result<Vec<DekId>>;
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename,
-/// fsync of the directory. Readers see the old or the new contents, never a mix.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile_in(dir, mode)?;
-    tmp.1.write_all(bytes)?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp.0);
-        Error::from(e).with_context(format!("renaming into {}", path.display()))
-    })?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn tempfile_in(dir: &Path, mode: u32) -> Result<(std::path::PathBuf, std::fs::File)> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    for _ in 0..16 {
-        let mut suffix = [0u8; 8];
-        getrandom::fill(&mut suffix)
-            .map_err(|e| Error::transient(format!("OS random generator failed: {e}")))?;
-        let path = dir.join(format!(".tmp-{}", crate::ids::hex_encode(&suffix)));
-        match opts.open(&path) {
-            Ok(f) => return Ok((path, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(
-                    Error::from(e).with_context(format!("creating a file in {}", dir.display()))
-                );
-            }
-        }
-    }
-    Err(Error::transient("could not create a temporary file"))
 }

@@ -309,7 +309,7 @@ struct PublicKeyView {
 fn payload(dek: &DataKey, context: &WrapContext<'_>) -> Zeroizing<[u8; DATA_KEY_LEN + 32]> {
     let mut out = Zeroizing::new([0u8; DATA_KEY_LEN + 32]);
     out[..DATA_KEY_LEN].copy_from_slice(dek.expose_secret());
-    out[DATA_KEY_LEN..].copy_from_slice(&crate::format::sha256(&[&context.canonical_bytes()]));
+    out[DATA_KEY_LEN..].copy_from_slice(&crate::cipher::sha256(&[&context.canonical_bytes()]));
     out
 }
 
@@ -419,7 +419,7 @@ impl KmsBackend for AzureKeyVault {
         if unwrapped.len() != DATA_KEY_LEN + 32 {
             return Err(Error::integrity());
         }
-        let expected = crate::format::sha256(&[&context.canonical_bytes()]);
+        let expected = crate::cipher::sha256(&[&context.canonical_bytes()]);
         if !bool::from(unwrapped[DATA_KEY_LEN..].ct_eq(&expected)) {
             return Err(Error::integrity());
         }
