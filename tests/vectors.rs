@@ -3,7 +3,9 @@
 //! Each vector fixes a DEK, DEK id, nonce, AAD and plaintext; the DEK is wrapped under the local
 //! key file stored in the vector file. The test checks that (1) the local backend unwraps the
 //! stored wrapped DEK, (2) sealing the same inputs reproduces the envelope byte for byte, and
-//! (3) the client decrypts every envelope. Malformed envelopes must give the listed error kind.
+//! (3) the client decrypts every envelope. Malformed envelopes, decrypted with their own
+//! compartment and AAD, must give the listed error kind. The file's `fields` object describes
+//! every field.
 //!
 //! Regenerate (only when the format version changes!) with
 //! `CMEK_WRITE_VECTORS=1 cargo test --test vectors -- --ignored`.
@@ -19,10 +21,12 @@ use cmek::{
 use serde::{Deserialize, Serialize};
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vectors.json");
+const COMPARTMENT: &str = "f8a7b6c5-4d3e-4f1a-8b9c-0d1e2f3a4b5c";
 
 #[derive(Serialize, Deserialize)]
 struct File {
     description: String,
+    fields: serde_json::Value,
     kek_file: serde_json::Value,
     vectors: Vec<Vector>,
     invalid: Vec<Invalid>,
@@ -46,6 +50,8 @@ struct Vector {
 #[derive(Serialize, Deserialize)]
 struct Invalid {
     name: String,
+    compartment_id: String,
+    aad: String,
     envelope: String,
     error_kind: String,
 }
@@ -133,13 +139,42 @@ async fn golden_vectors_decrypt_and_reproduce() {
         .dek_store(Arc::new(MemoryDekStore::new()))
         .build()
         .unwrap();
-    let c = CompartmentId::new("f8a7b6c5-4d3e-4f1a-8b9c-0d1e2f3a4b5c").unwrap();
     for bad in &file.invalid {
+        let compartment = CompartmentId::new(&bad.compartment_id).unwrap();
         let err = client
-            .decrypt(&c, &unhex(&bad.envelope), b"")
+            .decrypt(&compartment, &unhex(&bad.envelope), &unhex(&bad.aad))
             .await
             .unwrap_err();
         assert_eq!(err.kind().as_str(), bad.error_kind, "{}: {err}", bad.name);
+    }
+}
+
+/// The keys of the object `value`, as (section, key) pairs.
+fn keys(section: &'static str, value: &serde_json::Value) -> Vec<(&'static str, String)> {
+    let object = value.as_object().expect("an object");
+    object.keys().map(|k| (section, k.clone())).collect()
+}
+
+#[test]
+fn every_field_is_described() {
+    let file: File = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let mut seen = keys("kek_file", &file.kek_file);
+    for version in file.kek_file["versions"].as_array().unwrap() {
+        let version_keys = keys("kek_file", version).into_iter();
+        seen.extend(version_keys.map(|(s, k)| (s, format!("versions[].{k}"))));
+    }
+    for v in &file.vectors {
+        seen.extend(keys("vectors", &serde_json::to_value(v).unwrap()));
+    }
+    for bad in &file.invalid {
+        seen.extend(keys("invalid", &serde_json::to_value(bad).unwrap()));
+    }
+    for (section, key) in seen {
+        let text = file.fields[section].get(&key).and_then(|d| d.as_str());
+        assert!(
+            text.is_some_and(|d| !d.is_empty()),
+            "fields.{section} lacks {key:?}"
+        );
     }
 }
 
@@ -166,6 +201,7 @@ async fn write_vectors() {
     });
     let mut file = File {
         description: "cmek envelope format v1 golden vectors; see docs/FORMAT.md".into(),
+        fields: fields(),
         kek_file,
         vectors: Vec::new(),
         invalid: Vec::new(),
@@ -177,6 +213,7 @@ async fn write_vectors() {
     v1_file["primary_version"] = 1.into();
     let v1 = File {
         description: String::new(),
+        fields: serde_json::Value::Null,
         kek_file: v1_file,
         vectors: vec![],
         invalid: vec![],
@@ -236,7 +273,7 @@ async fn write_vectors() {
         } else {
             &kms_v2
         };
-        let compartment = CompartmentId::new("f8a7b6c5-4d3e-4f1a-8b9c-0d1e2f3a4b5c").unwrap();
+        let compartment = CompartmentId::new(COMPARTMENT).unwrap();
         let key_config = KeyConfigId::new("local").unwrap();
         let dek = DataKey::from_slice(&[seed; 32]).unwrap();
         let dek_id = DekId::from_bytes([seed ^ 0xff; 16]);
@@ -269,11 +306,15 @@ async fn write_vectors() {
         });
     }
     let sample = unhex(&file.vectors[1].envelope);
+    let sample_aad = file.vectors[1].aad.clone();
     let mut with = |name: &str, kind: &str, f: &dyn Fn(&mut Vec<u8>)| {
         let mut e = sample.clone();
         f(&mut e);
+        // Decrypted in the sample's compartment and with its AAD: only the change makes it fail.
         file.invalid.push(Invalid {
             name: name.into(),
+            compartment_id: COMPARTMENT.into(),
+            aad: sample_aad.clone(),
             envelope: hex(&e),
             error_kind: kind.into(),
         });
@@ -292,4 +333,42 @@ async fn write_vectors() {
         e[n] ^= 1;
     });
     std::fs::write(PATH, serde_json::to_string_pretty(&file).unwrap() + "\n").unwrap();
+}
+
+/// The `fields` object of the vector file: what every field of `vectors[]`, `invalid[]` and
+/// `kek_file` holds.
+fn fields() -> serde_json::Value {
+    serde_json::json!({
+        "vectors": {
+            "name": "what the vector covers",
+            "form": "self_contained (an envelope with form byte 0x01) or compact (form byte 0x02)",
+            "compartment_id": "the compartment of the DEK: in dek_record, in the wrap context, and the compartment to decrypt with",
+            "key_config_id": "the key configuration id in dek_record and in the wrap context; it names the backend, here the local key of kek_file",
+            "dek": "hex, the 32-byte DEK, what the wrapped DEK in dek_record unwraps to",
+            "dek_id": "hex, the 16-byte DEK id (bytes 4 to 20 of dek_record and of envelope)",
+            "nonce": "hex, the 12-byte nonce the envelope was sealed with (the bytes right after its header)",
+            "aad": "hex, the caller's AAD, possibly empty; AES-GCM authenticates the binding digest followed by it",
+            "plaintext": "hex, what the envelope decrypts to",
+            "dek_record": "hex, the DEK record (form 0x03): what a DekStore holds for compact envelopes; with form byte 0x01 it is the header of a self-contained envelope. Its wrapped DEK is wrapped under kek_file, with the KEK version its key version names",
+            "envelope": "hex, the envelope; sealing dek under dek_record with nonce, aad and plaintext reproduces it byte for byte"
+        },
+        "invalid": {
+            "name": "what is wrong with the envelope",
+            "compartment_id": "the compartment to decrypt with",
+            "aad": "hex, the caller's AAD to decrypt with, possibly empty",
+            "envelope": "hex, a malformed or altered envelope, made from the vector self-contained short with aad",
+            "error_kind": "the ErrorKind decryption fails with: invalid_input (not a well-formed v1 envelope) or integrity (authentication failed)"
+        },
+        "kek_file": {
+            "type": "always cmek_local_key: a local key file as cmek keygen writes it, see docs/FORMAT.md",
+            "key_id": "the local key id, written into headers as the backend key id",
+            "enabled": "false: the key neither wraps nor unwraps",
+            "primary_version": "the KEK version new DEKs are wrapped under (the kek version 1 vectors were made with version 1 primary)",
+            "versions": "the KEK versions",
+            "versions[].version": "the version number, written into headers as the backend key version in decimal",
+            "versions[].state": "enabled, disabled or destroyed",
+            "versions[].created_at": "creation time, seconds since the Unix epoch",
+            "versions[].material": "the version's 32-byte AES-256 key, standard base64 with padding; absent in destroyed versions"
+        }
+    })
 }
