@@ -453,14 +453,21 @@ impl ControlPlane {
     /// configuration; attaching requires a success.
     ///
     /// # Errors
-    /// [`ErrorKind::NotFound`] for an unknown configuration. Validation failures are not errors:
-    /// they come back classified in the result.
+    /// [`ErrorKind::NotFound`] for an unknown configuration, [`ErrorKind::Validation`] for a
+    /// deleted one. Validation failures are not errors: they come back classified in the result.
     pub async fn validate_external_key(
         &self,
         actor: &Actor,
         id: &ExternalKeyId,
     ) -> Result<ValidationResult> {
         let key = self.inner.key(id).await?;
+        if key.is_deleted() {
+            let detail =
+                format!("external key {id} is deleted: it cannot be validated or attached");
+            let event = AuditEvent::new(actor, "external_key.validate", Outcome::Failure).key(id);
+            self.inner.record(event.detail(detail.clone()))?;
+            return Err(Error::new(ErrorKind::Validation, detail));
+        }
         let result = match self.within_deadline(self.inner.backend(&key)).await {
             Ok(backend) => {
                 let layers = self.client.layers();

@@ -18,10 +18,26 @@ use crate::cli::{CompartmentsCommand, KeysCommand, StateArgs};
 const PROVIDER_MANAGED_FILE: &str = "provider-managed.key";
 const PROVIDER_MANAGED_KEY_ID: &str = "local:provider-managed";
 
-/// Opens (creating on first use) the control plane kept in `dir`:
-/// `control/` (configurations, compartments, rewrap jobs), `dek_records/`, `audit.jsonl` and
-/// the provider-managed key file.
-pub(crate) fn open_plane(dir: &Path) -> cmek::Result<ControlPlane> {
+/// Whether a command may make a new state directory (only those that create something).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Create {
+    Yes,
+    No,
+}
+
+/// Opens the control plane kept in `dir`: `control/` (configurations, compartments, rewrap
+/// jobs), `dek_records/`, `audit.jsonl` and the provider-managed key file. Only a command that
+/// creates something makes a new one: elsewhere a missing state is a mistyped path.
+pub(crate) fn open_plane(dir: &Path, create: Create) -> cmek::Result<ControlPlane> {
+    if create == Create::No && !dir.join("control").is_dir() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no cmek state in {} (`cmek keys create` or `cmek compartments create` makes one)",
+                dir.display()
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir)?;
     let key_file = dir.join(PROVIDER_MANAGED_FILE);
     let provider_managed = if key_file.exists() {
@@ -38,8 +54,17 @@ pub(crate) fn open_plane(dir: &Path) -> cmek::Result<ControlPlane> {
         .build()
 }
 
-fn open(state: &StateArgs) -> cmek::Result<(ControlPlane, Actor)> {
-    Ok((open_plane(&state.state)?, Actor::new(&state.actor)))
+fn open(state: &StateArgs, create: Create) -> cmek::Result<(ControlPlane, Actor)> {
+    Ok((open_plane(&state.state, create)?, Actor::new(&state.actor)))
+}
+
+/// A local key file named relative to the working directory, made absolute: the stored
+/// configuration is used from other directories later.
+fn absolute_key_file(config: &mut ProviderConfig) -> cmek::Result<()> {
+    if let ProviderConfig::Local { key_file } = config {
+        *key_file = std::path::absolute(&*key_file)?.display().to_string();
+    }
+    Ok(())
 }
 
 fn print(value: &impl Serialize) -> cmek::Result<()> {
@@ -77,7 +102,7 @@ pub(crate) async fn keys(command: KeysCommand) -> cmek::Result<ExitCode> {
             local_key_file,
             display_name,
         } => {
-            let request = match (body, local_key_file) {
+            let mut request: CreateExternalKey = match (body, local_key_file) {
                 (Some(body), _) => json_argument(&body, "the request body")?,
                 (None, Some(path)) => {
                     let key_file = std::path::absolute(&path)?.display().to_string();
@@ -90,21 +115,22 @@ pub(crate) async fn keys(command: KeysCommand) -> cmek::Result<ExitCode> {
                     ));
                 }
             };
-            let (plane, actor) = open(&state)?;
+            absolute_key_file(&mut request.provider_config)?;
+            let (plane, actor) = open(&state, Create::Yes)?;
             print(&plane.create_external_key(&actor, request).await?)?;
         }
         KeysCommand::List { state } => {
-            let (plane, _) = open(&state)?;
+            let (plane, _) = open(&state, Create::No)?;
             print(&List {
                 data: plane.external_keys().await?,
             })?;
         }
         KeysCommand::Show { state, id } => {
-            let (plane, _) = open(&state)?;
+            let (plane, _) = open(&state, Create::No)?;
             print(&plane.external_key(&ExternalKeyId::new(id)?).await?)?;
         }
         KeysCommand::Validate { state, id } => {
-            let (plane, actor) = open(&state)?;
+            let (plane, actor) = open(&state, Create::No)?;
             let result = plane
                 .validate_external_key(&actor, &ExternalKeyId::new(id)?)
                 .await?;
@@ -118,8 +144,10 @@ pub(crate) async fn keys(command: KeysCommand) -> cmek::Result<ExitCode> {
             id,
             provider_config,
         } => {
-            let config: ProviderConfig = json_argument(&provider_config, "the provider config")?;
-            let (plane, actor) = open(&state)?;
+            let mut config: ProviderConfig =
+                json_argument(&provider_config, "the provider config")?;
+            absolute_key_file(&mut config)?;
+            let (plane, actor) = open(&state, Create::No)?;
             print(
                 &plane
                     .rotate_external_key(&actor, &ExternalKeyId::new(id)?, config)
@@ -127,7 +155,7 @@ pub(crate) async fn keys(command: KeysCommand) -> cmek::Result<ExitCode> {
             )?;
         }
         KeysCommand::Delete { state, id, force } => {
-            let (plane, actor) = open(&state)?;
+            let (plane, actor) = open(&state, Create::No)?;
             print(
                 &plane
                     .delete_external_key(&actor, &ExternalKeyId::new(id)?, force)
@@ -145,7 +173,7 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
             state,
             external_key_id,
         } => {
-            let (plane, actor) = open(&state)?;
+            let (plane, actor) = open(&state, Create::Yes)?;
             let key = external_key_id.map(ExternalKeyId::new).transpose()?;
             print(&plane.create_compartment(&actor, key.as_ref()).await?)?;
         }
@@ -154,7 +182,7 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
             compartment_id,
             external_key_id,
         } => {
-            let (plane, actor) = open(&state)?;
+            let (plane, actor) = open(&state, Create::No)?;
             let compartment = CompartmentId::new(compartment_id)?;
             let key = ExternalKeyId::new(external_key_id)?;
             print(
@@ -167,7 +195,7 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
             state,
             compartment_id,
         } => {
-            let (plane, _) = open(&state)?;
+            let (plane, _) = open(&state, Create::No)?;
             print(
                 &plane
                     .compartment(&CompartmentId::new(compartment_id)?)
@@ -175,7 +203,7 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
             )?;
         }
         CompartmentsCommand::List { state } => {
-            let (plane, _) = open(&state)?;
+            let (plane, _) = open(&state, Create::No)?;
             print(&List {
                 data: plane.compartments().await?,
             })?;
@@ -187,7 +215,7 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
 /// `cmek rewrap …`: progress on stderr, the finished job on stdout; fails when records were
 /// left unreadable.
 pub(crate) async fn rewrap(state: StateArgs, id: String, batch: usize) -> cmek::Result<ExitCode> {
-    let (plane, actor) = open(&state)?;
+    let (plane, actor) = open(&state, Create::No)?;
     let id = ExternalKeyId::new(id)?;
     let job = plane
         .rewrap(&actor, &id, batch, |job| {

@@ -31,7 +31,7 @@ pub(crate) enum Command {
         key_file: PathBuf,
     },
     /// Encrypts a file or stdin into an envelope.
-    Encrypt(CryptArgs),
+    Encrypt(EncryptArgs),
     /// Decrypts an envelope from a file or stdin.
     Decrypt(CryptArgs),
     /// Prints an envelope's header as JSON; needs no key.
@@ -183,18 +183,28 @@ pub(crate) struct CryptArgs {
     /// Additional authenticated data (must match on decrypt).
     #[arg(long)]
     pub(crate) aad: Option<String>,
-    /// Write a compact envelope (the DEK record goes to --dek-store).
-    #[arg(long)]
-    pub(crate) compact: bool,
-    /// Directory of DEK records (needed for compact envelopes).
+    /// Directory of DEK records (needed for compact envelopes, with --key-file).
     #[arg(long)]
     pub(crate) dek_store: Option<PathBuf>,
     /// Input file (stdin if absent or `-`).
     #[arg(long, short)]
     pub(crate) input: Option<PathBuf>,
-    /// Output file (stdout if absent or `-`).
+    /// Output file (stdout if absent or `-`); an existing file is kept unless --force.
     #[arg(long, short)]
     pub(crate) output: Option<PathBuf>,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// `cmek encrypt`: the common arguments and the envelope form.
+#[derive(Debug, Args)]
+pub(crate) struct EncryptArgs {
+    #[command(flatten)]
+    pub(crate) common: CryptArgs,
+    /// Write a compact envelope (its DEK record goes to --dek-store, or the state's records).
+    #[arg(long)]
+    pub(crate) compact: bool,
 }
 
 #[derive(Debug, Args)]

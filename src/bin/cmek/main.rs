@@ -15,6 +15,7 @@ use clap::Parser;
 use cmek::{Client, CompartmentId, FileDekStore, KeyConfigId, LocalKms};
 
 use cli::{Cli, Command, CryptArgs};
+use cmek::{Error, ErrorKind};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -66,34 +67,54 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
             eprintln!("{}: version {version} is now primary", key_file.display());
             Ok(())
         }
-        Command::Encrypt(args) => {
+        Command::Encrypt(cli::EncryptArgs {
+            common: args,
+            compact,
+        }) => {
+            if compact && args.state.is_none() && args.dek_store.is_none() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "--compact needs --dek-store <DIR> to keep the DEK records",
+                ));
+            }
+            refuse_existing(args.output.as_deref(), args.force)?;
             let client = client(&args)?;
             let compartment = CompartmentId::new(&args.compartment)?;
             let plaintext = read_input(args.input.as_deref())?;
             let aad = args.aad.as_deref().unwrap_or_default().as_bytes();
-            let envelope = if args.compact {
+            let envelope = if compact {
                 client
                     .encrypt_compact(&compartment, &plaintext, aad)
                     .await?
             } else {
                 client.encrypt(&compartment, &plaintext, aad).await?
             };
-            write_output(args.output.as_deref(), &envelope)
+            write_output(args.output.as_deref(), args.force, &envelope)
         }
         Command::Decrypt(args) => {
+            refuse_existing(args.output.as_deref(), args.force)?;
             let client = client(&args)?;
             let compartment = CompartmentId::new(&args.compartment)?;
             let envelope = read_input(args.input.as_deref())?;
+            let compact =
+                cmek::inspect(&envelope).is_ok_and(|i| i.form == cmek::format::Form::Compact);
+            if compact && args.state.is_none() && args.dek_store.is_none() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "this is a compact envelope: give --dek-store <DIR> (the DEK records it was \
+                     encrypted with) or --state",
+                ));
+            }
             let aad = args.aad.as_deref().unwrap_or_default().as_bytes();
             let plaintext = client.decrypt(&compartment, &envelope, aad).await?;
-            write_output(args.output.as_deref(), &plaintext)
+            write_output(args.output.as_deref(), args.force, &plaintext)
         }
         Command::Inspect { input } => {
             let bytes = read_input(input.as_deref())?;
             let info = cmek::inspect(&bytes)?;
             let json = serde_json::to_string_pretty(&info)
                 .map_err(|e| cmek::Error::new(cmek::ErrorKind::Configuration, e.to_string()))?;
-            write_output(None, format!("{json}\n").as_bytes())
+            write_output(None, false, format!("{json}\n").as_bytes())
         }
         Command::Demo(args) => demo::run(args).await,
     }?;
@@ -102,7 +123,9 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
 
 fn client(args: &CryptArgs) -> cmek::Result<Client> {
     if let Some(state) = &args.state {
-        return Ok(admin::open_plane(state)?.client().clone());
+        return Ok(admin::open_plane(state, admin::Create::No)?
+            .client()
+            .clone());
     }
     let Some(key_file) = &args.key_file else {
         return Err(cmek::Error::new(
@@ -114,11 +137,6 @@ fn client(args: &CryptArgs) -> cmek::Result<Client> {
     let mut builder = Client::builder().key(KeyConfigId::new(&args.key_config)?, Arc::new(kms));
     if let Some(dir) = &args.dek_store {
         builder = builder.dek_store(Arc::new(FileDekStore::open(dir)?));
-    } else if args.compact {
-        return Err(cmek::Error::new(
-            cmek::ErrorKind::InvalidInput,
-            "--compact needs --dek-store <DIR> to keep the DEK records",
-        ));
     }
     builder.build()
 }
@@ -134,9 +152,43 @@ fn read_input(path: Option<&Path>) -> cmek::Result<Vec<u8>> {
     }
 }
 
-fn write_output(path: Option<&Path>, bytes: &[u8]) -> cmek::Result<()> {
+/// Fails early (before any work) if the output file exists and may not be replaced.
+fn refuse_existing(path: Option<&Path>, force: bool) -> cmek::Result<()> {
     match path {
-        Some(p) if p != Path::new("-") => Ok(std::fs::write(p, bytes)?),
+        Some(p) if p != Path::new("-") && !force && p.exists() => Err(already_exists(p)),
+        _ => Ok(()),
+    }
+}
+
+fn already_exists(path: &Path) -> Error {
+    Error::new(
+        ErrorKind::AlreadyExists,
+        format!("{} exists; give --force to replace it", path.display()),
+    )
+}
+
+/// Writes `bytes` to the file `path` (stdout if `None` or `-`); an existing file is replaced
+/// only if `force`.
+fn write_output(path: Option<&Path>, force: bool, bytes: &[u8]) -> cmek::Result<()> {
+    match path {
+        Some(p) if p != Path::new("-") => {
+            let mut file = std::fs::OpenOptions::new();
+            file.write(true);
+            if force {
+                file.create(true).truncate(true);
+            } else {
+                file.create_new(true);
+            }
+            let mut file = file.open(p).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => already_exists(p),
+                _ => {
+                    let kind = Error::from(e).kind();
+                    Error::new(kind, format!("cannot write {}", p.display()))
+                }
+            })?;
+            file.write_all(bytes)?;
+            Ok(file.sync_all()?)
+        }
         _ => {
             let mut out = std::io::stdout().lock();
             out.write_all(bytes)?;

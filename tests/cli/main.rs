@@ -1,0 +1,6 @@
+//! The `cmek` command-line tool, run as a process.
+
+mod control_plane;
+mod envelopes;
+mod mistakes;
+mod support;

@@ -1,0 +1,90 @@
+//! Running `cmek` as a process.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Runs `cmek` with `args`, feeding it `stdin`.
+pub fn cmek(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    cmek_in(None, args, stdin)
+}
+
+/// Runs `cmek` in the working directory `dir` (the test's own when `None`).
+pub fn cmek_in(dir: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cmek"));
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let mut child = command
+        .args(args)
+        .env_remove("CMEK_STATE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// The stdout of a run that must have succeeded.
+pub fn ok(out: Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The stderr of a run that must have failed.
+pub fn fails(out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "succeeded: {}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs `cmek` with `CMEK_STATE` set, parsing stdout as JSON when it succeeds.
+pub fn admin(
+    state: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> (bool, serde_json::Value, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cmek"))
+        .args(args)
+        .env("CMEK_STATE", state)
+        .env("USER", "ops@example.com")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.success(),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn string(v: &serde_json::Value) -> String {
+    v.as_str().unwrap().to_owned()
+}
