@@ -33,6 +33,31 @@ fn validate_id(what: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `s` is a UUID in its canonical text form (8-4-4-4-12 hex digits, any version).
+pub(crate) fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// The canonical text of the UUID v4 made from 16 random bytes.
+fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex_encode(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
@@ -124,6 +149,19 @@ string_id!(
     CompartmentId,
     "compartment id"
 );
+
+impl CompartmentId {
+    /// A fresh random UUID v4, as the control plane gives every new compartment.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Transient`](crate::ErrorKind::Transient) if the OS random generator fails.
+    pub fn random_uuid() -> Result<Self> {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b)
+            .map_err(|e| Error::transient(format!("OS random generator failed: {e}")))?;
+        Self::new(uuid_v4(b))
+    }
+}
 
 string_id!(
     /// The key configuration (for example an `ekey_...` external key) that wraps a compartment's data keys.
@@ -224,6 +262,20 @@ pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_uuids_are_canonical_v4() {
+        let id = CompartmentId::random_uuid().unwrap();
+        let s = id.as_str();
+        assert!(is_uuid(s), "{s}");
+        assert_eq!(&s[14..15], "4", "version 4: {s}");
+        assert!(
+            matches!(&s[19..20], "8" | "9" | "a" | "b"),
+            "RFC 4122 variant: {s}"
+        );
+        assert_ne!(id, CompartmentId::random_uuid().unwrap());
+        assert!(!is_uuid("not-a-uuid") && !is_uuid(&s.replace('-', "x")));
+    }
 
     #[test]
     fn accepts_uuids_and_ekey_ids() {

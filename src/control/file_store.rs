@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use super::model::{Compartment, ExternalKey, ExternalKeyId};
 use super::rewrap::RewrapJob;
-use super::store::{ControlStore, attachable, changed_meanwhile, conflict, mark_deleted};
+use super::store::{ControlStore, attachable, mark_deleted, reattachable, swappable};
 use crate::error::{Error, ErrorKind, Result};
 use crate::files::{
     STALE_TEMPORARY_AGE, blocking, create_once, lock_exclusive, remove_stale_temporaries,
@@ -121,6 +121,22 @@ fn attachment(path: &Path) -> Result<Option<ExternalKeyId>> {
     }
 }
 
+/// The compartments whose attachment file (in `attachments`) names `key`.
+fn attached_to(attachments: &Path, key: &ExternalKeyId) -> Result<Vec<CompartmentId>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(attachments)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| !n.starts_with('.')) else {
+            continue;
+        };
+        if attachment(&entry.path())?.as_ref() == Some(key) {
+            ids.push(CompartmentId::new(name)?);
+        }
+    }
+    Ok(ids)
+}
+
 /// A compartment with its write-once field read from the attachment file.
 fn load_compartment(path: &Path, attachments: &Path) -> Result<Option<Compartment>> {
     let Some(mut c): Option<Compartment> = read_json(path)? else {
@@ -168,11 +184,8 @@ impl ControlStore for FileControlStore {
             // Compare and replace under the key's lock, which other processes respect too.
             let _locked = lock_key(&path)?;
             let stored: Option<ExternalKey> = read_json(&path)?;
-            match stored {
-                Some(stored) if stored.updated_at == expected_updated_at => write_json(&path, &key),
-                Some(_) => Err(changed_meanwhile(&key.id)),
-                None => Err(Error::not_found(format!("no external key {}", key.id))),
-            }
+            swappable(stored.as_ref(), &key, expected_updated_at)?;
+            write_json(&path, &key)
         })
         .await
     }
@@ -191,16 +204,7 @@ impl ControlStore for FileControlStore {
             let Some(mut key): Option<ExternalKey> = read_json(&path)? else {
                 return Err(Error::not_found(format!("no external key {id}")));
             };
-            let mut attached = 0;
-            for entry in std::fs::read_dir(&attachments)? {
-                let entry = entry?;
-                if entry.file_name().to_string_lossy().starts_with('.') {
-                    continue;
-                }
-                if attachment(&entry.path())?.as_ref() == Some(&id) {
-                    attached += 1;
-                }
-            }
+            let attached = attached_to(&attachments, &id)?.len();
             if mark_deleted(&mut key, attached, at, force)? {
                 write_json(&path, &key)?;
             }
@@ -317,9 +321,7 @@ impl ControlStore for FileControlStore {
             if !create_once(&attachment_path, key.as_str().as_bytes())? {
                 let existing = attachment(&attachment_path)?
                     .ok_or_else(|| Error::transient("attachment vanished"))?;
-                if existing != key {
-                    return Err(conflict(&id, &existing));
-                }
+                reattachable(&id, &existing, &key)?;
                 return load_compartment(&path, &attachments)?
                     .ok_or_else(|| Error::not_found(format!("no compartment {id}")));
             }
@@ -328,6 +330,16 @@ impl ControlStore for FileControlStore {
             write_json(&path, &c)?;
             c.external_key_id = Some(key);
             Ok(c)
+        })
+        .await
+    }
+
+    async fn attached_compartments(&self, key: &ExternalKeyId) -> Result<Vec<CompartmentId>> {
+        let (attachments, key) = (self.root.join("attachments"), key.clone());
+        blocking(move || {
+            let mut ids = attached_to(&attachments, &key)?;
+            ids.sort();
+            Ok(ids)
         })
         .await
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::{CompartmentId, KeyConfigId};
+use crate::ids::{CompartmentId, KeyConfigId, is_uuid};
 use crate::kms::aws_arn::{KmsKeyArn, RoleArn};
 use crate::kms::azure_name::{check_key_name, check_vault_uri};
 use crate::kms::gcp_name::CryptoKeyName;
@@ -141,15 +141,6 @@ fn field(name: &str, e: Error) -> Error {
         ErrorKind::Validation,
         format!("provider_config.{name}: {message}"),
     )
-}
-
-fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
 }
 
 impl ProviderConfig {
@@ -477,23 +468,9 @@ impl Compartment {
     /// # Errors
     /// When the OS random generator fails.
     pub fn new(now: OffsetDateTime) -> Result<Self> {
-        let mut b = [0u8; 16];
-        getrandom::fill(&mut b)
-            .map_err(|e| Error::transient(format!("OS random generator failed: {e}")))?;
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        let h = crate::ids::hex_encode(&b);
-        let id = format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        );
         Ok(Self {
             kind: "compartment".to_owned(),
-            compartment_id: CompartmentId::new(id)?,
+            compartment_id: CompartmentId::random_uuid()?,
             external_key_id: None,
             created_at: now,
             updated_at: now,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::model::ExternalKeyId;
+use super::{Actor, AuditEvent, ControlPlane, Outcome, now};
 use crate::error::{ErrorKind, Result};
 use crate::format::DekRecord;
 use crate::ids::{CompartmentId, DekId, KeyConfigId};
@@ -179,4 +180,87 @@ fn is_unreadable(e: &crate::Error) -> bool {
         e.kind(),
         ErrorKind::KeyRevoked | ErrorKind::NotFound | ErrorKind::Integrity
     )
+}
+
+impl ControlPlane {
+    /// Re-wraps the stored DEK records of every compartment attached to `id` under its current
+    /// KMS key, `batch` records at a time, calling `progress` after each batch. Resumes an
+    /// interrupted run; records already under the current key are skipped; records no key can
+    /// unwrap any more are counted in [`RewrapJob::unreadable`] and passed over (the audit event
+    /// then reports a failure).
+    ///
+    /// # Errors
+    /// The first KMS or store error (progress up to the last full batch is kept).
+    pub async fn rewrap(
+        &self,
+        actor: &Actor,
+        id: &ExternalKeyId,
+        batch: usize,
+        mut progress: impl FnMut(&RewrapJob),
+    ) -> Result<RewrapJob> {
+        let key = self.inner.key(id).await?;
+        let keys = self
+            .within_deadline(self.inner.backends.built(&key))
+            .await?
+            .backend;
+        let target = keys.wrapping_key_id().unwrap_or_default().to_owned();
+        let mut job = match self.inner.store.rewrap_job(id).await? {
+            Some(job) if job.target_key_ref == target && job.finished_at.is_none() => job,
+            _ => RewrapJob::new(id.clone(), target.clone()),
+        };
+        self.inner.record(
+            AuditEvent::new(actor, "rewrap.start", Outcome::Success)
+                .key(id)
+                .detail(format!("to {target}, from {:?}", job.cursor)),
+        )?;
+        let compartments = self.inner.store.attached_compartments(id).await?;
+        let store = self.inner.store.clone();
+        let backend = self.client.layers().in_use(keys.clone());
+        let rewrapper = Rewrapper {
+            store: self.inner.dek_store.as_ref(),
+            keys: &keys,
+            backend: &backend,
+            key_config: &key.key_config(),
+        };
+        let outcome = rewrapper
+            .run(&mut job, &compartments, batch, async |job: &RewrapJob| {
+                store.put_rewrap_job(job).await?;
+                progress(job);
+                Ok(())
+            })
+            .await;
+        let summary = |job: &RewrapJob| {
+            format!(
+                "examined {}, rewrapped {}, already current {}, unreadable {}",
+                job.examined, job.rewrapped, job.already_current, job.unreadable
+            )
+        };
+        match outcome {
+            Ok(()) => {
+                job.finished_at = Some(now());
+                self.inner.store.put_rewrap_job(&job).await?;
+                // Records no key could unwrap were passed over: not everything moved.
+                let outcome = if job.unreadable == 0 {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                };
+                self.inner.record(
+                    AuditEvent::new(actor, "rewrap.complete", outcome)
+                        .key(id)
+                        .detail(summary(&job)),
+                )?;
+                Ok(job)
+            }
+            Err(e) => {
+                self.inner.store.put_rewrap_job(&job).await?;
+                self.inner.record(
+                    AuditEvent::new(actor, "rewrap.complete", Outcome::Failure)
+                        .key(id)
+                        .detail(format!("{}; interrupted: {e}", summary(&job))),
+                )?;
+                Err(e)
+            }
+        }
+    }
 }

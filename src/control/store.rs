@@ -1,8 +1,7 @@
-//! Where the control plane keeps its state: the [`ControlStore`] trait and an in-memory store.
+//! Where the control plane keeps its state: the [`ControlStore`] trait, and the rules every
+//! implementation applies the same way (write-once attachment, compare-and-swap, deletion).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -81,6 +80,13 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
     /// The store's failure.
     async fn compartments(&self) -> Result<Vec<Compartment>>;
 
+    /// The ids of the compartments attached to `key`, sorted: what a rewrap of the key visits.
+    /// (A database answers it from an index rather than by reading every compartment.)
+    ///
+    /// # Errors
+    /// The store's failure.
+    async fn attached_compartments(&self, key: &ExternalKeyId) -> Result<Vec<CompartmentId>>;
+
     /// Sets a compartment's external key, once: setting the same key again returns the
     /// compartment unchanged; another key fails with [`ErrorKind::AlreadyExists`]. The key must
     /// exist and not be deleted, checked atomically with respect to
@@ -122,7 +128,35 @@ pub(crate) fn attachable(stored: Option<&ExternalKey>, key: &ExternalKeyId) -> R
 }
 
 /// The error of an update that lost a race with another writer.
-pub(crate) fn changed_meanwhile(id: &ExternalKeyId) -> Error {
+/// The compare-and-swap rule of [`ControlStore::update_external_key`]: `stored` may be replaced
+/// by `key` only if it is still as read at `expected_updated_at`.
+pub(crate) fn swappable(
+    stored: Option<&ExternalKey>,
+    key: &ExternalKey,
+    expected_updated_at: OffsetDateTime,
+) -> Result<()> {
+    match stored {
+        Some(stored) if stored.updated_at == expected_updated_at => Ok(()),
+        Some(_) => Err(changed_meanwhile(&key.id)),
+        None => Err(Error::not_found(format!("no external key {}", key.id))),
+    }
+}
+
+/// The write-once rule of [`ControlStore::attach`] for a compartment that has a key already:
+/// the same key again changes nothing, another key is a conflict.
+pub(crate) fn reattachable(
+    id: &CompartmentId,
+    existing: &ExternalKeyId,
+    key: &ExternalKeyId,
+) -> Result<()> {
+    if existing == key {
+        Ok(())
+    } else {
+        Err(conflict(id, existing))
+    }
+}
+
+fn changed_meanwhile(id: &ExternalKeyId) -> Error {
     Error::new(
         ErrorKind::AlreadyExists,
         format!("external key {id} was changed by another writer; read it again and retry"),
@@ -154,162 +188,11 @@ pub(crate) fn mark_deleted(
     Ok(true)
 }
 
-pub(crate) fn conflict(id: &CompartmentId, attached: &ExternalKeyId) -> Error {
+fn conflict(id: &CompartmentId, attached: &ExternalKeyId) -> Error {
     Error::new(
         ErrorKind::AlreadyExists,
         format!(
             "compartment {id} already has external key {attached}; the attachment is write-once"
         ),
     )
-}
-
-/// Keeps everything in memory (tests, or a cache in front of a database).
-#[derive(Debug, Default)]
-pub struct MemoryControlStore {
-    state: Mutex<MemoryState>,
-}
-
-#[derive(Debug, Default)]
-struct MemoryState {
-    keys: HashMap<ExternalKeyId, ExternalKey>,
-    compartments: HashMap<CompartmentId, Compartment>,
-    jobs: HashMap<ExternalKeyId, RewrapJob>,
-}
-
-impl MemoryControlStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[async_trait]
-impl ControlStore for MemoryControlStore {
-    async fn insert_external_key(&self, key: &ExternalKey) -> Result<()> {
-        let mut s = self.lock();
-        if s.keys.contains_key(&key.id) {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!("external key {} exists", key.id),
-            ));
-        }
-        s.keys.insert(key.id.clone(), key.clone());
-        Ok(())
-    }
-
-    async fn update_external_key(
-        &self,
-        key: &ExternalKey,
-        expected_updated_at: OffsetDateTime,
-    ) -> Result<()> {
-        let mut s = self.lock();
-        match s.keys.get_mut(&key.id) {
-            Some(slot) if slot.updated_at == expected_updated_at => {
-                *slot = key.clone();
-                Ok(())
-            }
-            Some(_) => Err(changed_meanwhile(&key.id)),
-            None => Err(Error::not_found(format!("no external key {}", key.id))),
-        }
-    }
-
-    async fn delete_external_key(
-        &self,
-        id: &ExternalKeyId,
-        at: OffsetDateTime,
-        force: bool,
-    ) -> Result<ExternalKey> {
-        let mut s = self.lock();
-        let s = &mut *s;
-        let attached = s
-            .compartments
-            .values()
-            .filter(|c| c.external_key_id.as_ref() == Some(id))
-            .count();
-        let key = s
-            .keys
-            .get_mut(id)
-            .ok_or_else(|| Error::not_found(format!("no external key {id}")))?;
-        mark_deleted(key, attached, at, force)?;
-        Ok(key.clone())
-    }
-
-    async fn external_key(&self, id: &ExternalKeyId) -> Result<Option<ExternalKey>> {
-        Ok(self.lock().keys.get(id).cloned())
-    }
-
-    async fn external_keys(&self) -> Result<Vec<ExternalKey>> {
-        let mut keys: Vec<_> = self.lock().keys.values().cloned().collect();
-        keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        Ok(keys)
-    }
-
-    async fn insert_compartment(&self, compartment: &Compartment) -> Result<()> {
-        let mut s = self.lock();
-        if s.compartments.contains_key(&compartment.compartment_id) {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!("compartment {} exists", compartment.compartment_id),
-            ));
-        }
-        if let Some(key) = &compartment.external_key_id {
-            attachable(s.keys.get(key), key)?;
-        }
-        s.compartments
-            .insert(compartment.compartment_id.clone(), compartment.clone());
-        Ok(())
-    }
-
-    async fn compartment(&self, id: &CompartmentId) -> Result<Option<Compartment>> {
-        Ok(self.lock().compartments.get(id).cloned())
-    }
-
-    async fn compartments(&self) -> Result<Vec<Compartment>> {
-        let mut all: Vec<_> = self.lock().compartments.values().cloned().collect();
-        all.sort_by(|a, b| {
-            a.created_at
-                .cmp(&b.created_at)
-                .then(a.compartment_id.cmp(&b.compartment_id))
-        });
-        Ok(all)
-    }
-
-    async fn attach(
-        &self,
-        id: &CompartmentId,
-        key: &ExternalKeyId,
-        at: OffsetDateTime,
-    ) -> Result<Compartment> {
-        let mut s = self.lock();
-        let s = &mut *s;
-        let c = s
-            .compartments
-            .get_mut(id)
-            .ok_or_else(|| Error::not_found(format!("no compartment {id}")))?;
-        attachable(s.keys.get(key), key)?;
-        match &c.external_key_id {
-            Some(existing) if existing == key => Ok(c.clone()),
-            Some(existing) => Err(conflict(id, existing)),
-            None => {
-                c.external_key_id = Some(key.clone());
-                c.updated_at = at;
-                Ok(c.clone())
-            }
-        }
-    }
-
-    async fn put_rewrap_job(&self, job: &RewrapJob) -> Result<()> {
-        self.lock()
-            .jobs
-            .insert(job.external_key_id.clone(), job.clone());
-        Ok(())
-    }
-
-    async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>> {
-        Ok(self.lock().jobs.get(key).cloned())
-    }
 }

@@ -372,6 +372,11 @@ pub(crate) fn rfc3339(unix_seconds: u64) -> String {
     )
 }
 
+/// Locks a fake's state; a test that panicked while holding it leaves the state usable.
+pub(crate) fn lock<T>(state: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,8 @@
 //! * [`FaultyKms`]: wraps any backend (by default an in-memory [`LocalKms`](crate::LocalKms))
 //!   and injects latency, scripted errors and key disablement, counting every call.
 //! * [`conformance`]: the suite every [`KmsBackend`](crate::KmsBackend) must pass.
+//! * [`store_conformance`]: the suites every [`DekStore`](crate::DekStore) and
+//!   [`ControlStore`](crate::control::ControlStore) must pass (races, restarts, the write-once rule).
 //! * [`fault_suite`]: what a client over a backend does when the KMS misbehaves (outages, key
 //!   events, throttling, random errors, another tenant's revocation), run against any
 //!   [`FaultTarget`](fault_suite::FaultTarget); `targets` makes the cloud fakes such targets
@@ -20,6 +22,7 @@ pub mod fault_suite;
 mod faulty;
 pub mod gcp_fake;
 mod http;
+pub mod store_conformance;
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 pub mod targets;
 mod tls;

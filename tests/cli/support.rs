@@ -5,12 +5,12 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// Runs `cmek` with `args`, feeding it `stdin`.
-pub fn cmek(args: &[&str], stdin: Option<&[u8]>) -> Output {
+pub(crate) fn cmek(args: &[&str], stdin: Option<&[u8]>) -> Output {
     cmek_in(None, args, stdin)
 }
 
 /// Runs `cmek` in the working directory `dir` (the test's own when `None`).
-pub fn cmek_in(dir: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Output {
+pub(crate) fn cmek_in(dir: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cmek"));
     if let Some(dir) = dir {
         command.current_dir(dir);
@@ -32,7 +32,7 @@ pub fn cmek_in(dir: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Outpu
 }
 
 /// The stdout of a run that must have succeeded.
-pub fn ok(out: Output) -> Vec<u8> {
+pub(crate) fn ok(out: Output) -> Vec<u8> {
     assert!(
         out.status.success(),
         "failed: {}",
@@ -42,7 +42,7 @@ pub fn ok(out: Output) -> Vec<u8> {
 }
 
 /// The stderr of a run that must have failed.
-pub fn fails(out: Output) -> String {
+pub(crate) fn fails(out: Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !out.status.success(),
@@ -52,12 +52,12 @@ pub fn fails(out: Output) -> String {
     stderr
 }
 
-pub fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
 /// Runs `cmek` with `CMEK_STATE` set, parsing stdout as JSON when it succeeds.
-pub fn admin(
+pub(crate) fn admin(
     state: &Path,
     args: &[&str],
     stdin: Option<&[u8]>,
@@ -85,6 +85,6 @@ pub fn admin(
     )
 }
 
-pub fn string(v: &serde_json::Value) -> String {
+pub(crate) fn string(v: &serde_json::Value) -> String {
     v.as_str().unwrap().to_owned()
 }

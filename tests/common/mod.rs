@@ -50,3 +50,46 @@ pub fn faulty_client(cache: CacheConfig) -> (Client, Arc<FaultyKms>) {
 pub fn providers() -> &'static [cmek::CipherProvider] {
     cmek::CipherProvider::available()
 }
+
+/// A "KMS" that ignores the context: it unwraps a data key under any compartment.
+#[derive(Debug)]
+pub struct IgnoresContext(pub cmek::LocalKms);
+
+impl std::fmt::Display for IgnoresContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IgnoresContext({})", self.0)
+    }
+}
+
+#[async_trait::async_trait]
+impl cmek::KmsBackend for IgnoresContext {
+    fn provider(&self) -> cmek::Provider {
+        cmek::Provider::Local
+    }
+    async fn describe(&self) -> cmek::Result<cmek::KeyDescription> {
+        self.0.describe().await
+    }
+    async fn wrap(
+        &self,
+        dek: &cmek::DataKey,
+        context: &cmek::WrapContext<'_>,
+    ) -> cmek::Result<cmek::WrappedKey> {
+        let fixed = cmek::CompartmentId::new("fixed").unwrap();
+        self.0
+            .wrap(dek, &cmek::WrapContext::new(&fixed, context.key_config()))
+            .await
+    }
+    async fn unwrap(
+        &self,
+        wrapped: &cmek::WrappedKey,
+        context: &cmek::WrapContext<'_>,
+    ) -> cmek::Result<cmek::DataKey> {
+        let fixed = cmek::CompartmentId::new("fixed").unwrap();
+        self.0
+            .unwrap(
+                wrapped,
+                &cmek::WrapContext::new(&fixed, context.key_config()),
+            )
+            .await
+    }
+}

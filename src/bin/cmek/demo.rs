@@ -71,22 +71,6 @@ fn record_len(rng: &mut impl rand::Rng) -> usize {
     }
 }
 
-fn uuid_v4(rng: &mut impl rand::Rng) -> String {
-    let mut b = [0u8; 16];
-    rng.fill_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
     let tmp;
     let dir: PathBuf = match &args.dir {
@@ -114,10 +98,9 @@ pub(crate) async fn run(args: DemoArgs) -> cmek::Result<()> {
             .build()
     };
     let client = make_client()?;
-    let mut rng = rand::rng();
     let compartments: Arc<Vec<CompartmentId>> = Arc::new(
         (0..args.compartments.max(1))
-            .map(|_| CompartmentId::new(uuid_v4(&mut rng)))
+            .map(|_| CompartmentId::random_uuid())
             .collect::<cmek::Result<_>>()?,
     );
     let tasks = args.tasks.max(1);

@@ -21,8 +21,9 @@
 mod kms;
 mod sts;
 
+use super::http::lock;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
@@ -148,10 +149,6 @@ impl std::fmt::Debug for FakeAwsKms {
             .field("endpoint", &self.endpoint())
             .finish_non_exhaustive()
     }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_secs() -> u64 {

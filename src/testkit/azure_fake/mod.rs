@@ -23,8 +23,9 @@
 
 mod rest;
 
+use super::http::lock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::ServerControl;
@@ -93,10 +94,6 @@ impl std::fmt::Debug for FakeKeyVault {
             .field("vault_uri", &self.vault_uri())
             .finish_non_exhaustive()
     }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_secs() -> u64 {

@@ -21,8 +21,9 @@
 
 mod rest;
 
+use super::http::lock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use zeroize::Zeroizing;
@@ -113,10 +114,6 @@ impl std::fmt::Debug for FakeGcpKms {
             .field("endpoint", &self.endpoint())
             .finish_non_exhaustive()
     }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn new_version() -> Version {
