@@ -6,6 +6,8 @@
 
 mod builder;
 mod creations;
+mod decrypting;
+mod encrypting;
 mod inner;
 mod seal;
 

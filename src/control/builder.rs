@@ -98,7 +98,7 @@ impl ControlPlaneBuilder {
     /// Builds the control plane and its client.
     ///
     /// # Errors
-    /// [`ErrorKind::Configuration`] without a store or provider-managed key.
+    /// [`ErrorKind::Configuration`](crate::ErrorKind::Configuration) without a store or provider-managed key.
     pub fn build(self) -> Result<ControlPlane> {
         let store = self
             .store

@@ -67,7 +67,7 @@ impl ControlPlane {
     }
 
     /// Validates a configuration (`POST /external_keys/{id}/validate`): the backend's key checks,
-    /// an encrypt/decrypt round trip under the compartment [`VALIDATION_COMPARTMENT`], and a
+    /// an encrypt/decrypt round trip under the compartment [`VALIDATION_COMPARTMENT`](super::VALIDATION_COMPARTMENT), and a
     /// check that the key binds data keys to compartments. The outcome is recorded on the
     /// configuration; attaching requires a success.
     ///

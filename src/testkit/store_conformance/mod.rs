@@ -1,7 +1,7 @@
 //! The conformance suites every store must pass, like [`conformance`](super::conformance) for
 //! KMS backends: [`dek_store`] for a [`DekStore`](crate::DekStore), [`control_store`] for a
 //! [`ControlStore`](crate::control::ControlStore). Each check panics with a message naming what
-//! went wrong; the single checks are public in [`dek`](self::dek) and [`control`](self::control).
+//! went wrong; the single checks are public in [`dek`] and [`control`].
 //!
 //! A suite takes `open`, which opens the store under test over the *same* backing state each time
 //! it is called (the same directory, the same database; for an in-memory store, the same

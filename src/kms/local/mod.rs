@@ -15,17 +15,18 @@ use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+mod key_file;
+#[cfg(test)]
+mod tests;
 
 use super::{KeyDescription, KeyStateControl, KmsBackend, Provider, WrapContext, WrappedKey};
 use crate::cipher::{CipherKey, CipherProvider, NONCE_LEN, TAG_LEN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{DATA_KEY_LEN, DataKey};
 
-const FILE_TYPE: &str = "cmek_local_key";
 const WRAPPED_LEN: usize = NONCE_LEN + DATA_KEY_LEN + TAG_LEN;
 
 /// The state of one KEK version.
@@ -82,27 +83,6 @@ impl Version {
             cipher: Some(cipher),
         })
     }
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyFile {
-    #[serde(rename = "type")]
-    kind: String,
-    key_id: String,
-    enabled: bool,
-    primary_version: u32,
-    versions: Vec<VersionFile>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VersionFile {
-    version: u32,
-    state: VersionState,
-    created_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    material: Option<Zeroizing<String>>,
 }
 
 /// Public facts about one KEK version.
@@ -178,68 +158,11 @@ impl LocalKms {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
             Error::from(e).with_context(format!("reading key file {}", path.display()))
         })?);
-        let file: KeyFile = serde_json::from_str(&text).map_err(|e| {
-            Error::invalid_input(format!("key file {} is malformed: {e}", path.display()))
-        })?;
-        if file.kind != FILE_TYPE {
-            return Err(Error::invalid_input(format!(
-                "{} is not a cmek local key file",
-                path.display()
-            )));
-        }
-        let mut versions = BTreeMap::new();
-        for v in file.versions {
-            let version = match (v.state, v.material) {
-                (VersionState::Destroyed, _) => Version {
-                    state: VersionState::Destroyed,
-                    created_at: v.created_at,
-                    material: None,
-                    cipher: None,
-                },
-                (state, Some(b64)) => {
-                    let bytes = Zeroizing::new(BASE64.decode(b64.as_bytes()).map_err(|_| {
-                        Error::invalid_input(format!(
-                            "version {} material is not base64",
-                            v.version
-                        ))
-                    })?);
-                    let mut material = Zeroizing::new([0u8; 32]);
-                    if bytes.len() != 32 {
-                        return Err(Error::invalid_input(format!(
-                            "version {} material must be 32 bytes",
-                            v.version
-                        )));
-                    }
-                    material.copy_from_slice(&bytes);
-                    Version::from_material(state, v.created_at, material)?
-                }
-                (_, None) => {
-                    return Err(Error::invalid_input(format!(
-                        "version {} has no key material",
-                        v.version
-                    )));
-                }
-            };
-            if versions.insert(v.version, version).is_some() {
-                return Err(Error::invalid_input(format!(
-                    "version {} appears twice",
-                    v.version
-                )));
-            }
-        }
-        if !versions.contains_key(&file.primary_version) {
-            return Err(Error::invalid_input(
-                "primary version is not in the key file",
-            ));
-        }
+        let (key_id, ring) = key_file::parse(&text, path)?;
         Ok(Self {
-            key_id: checked_key_id(file.key_id)?,
+            key_id: checked_key_id(key_id)?,
             path: Some(path.to_path_buf()),
-            ring: RwLock::new(Ring {
-                enabled: file.enabled,
-                primary: file.primary_version,
-                versions,
-            }),
+            ring: RwLock::new(ring),
         })
     }
 
@@ -346,29 +269,7 @@ impl LocalKms {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let file = KeyFile {
-            kind: FILE_TYPE.to_owned(),
-            key_id: self.key_id.clone(),
-            enabled: ring.enabled,
-            primary_version: ring.primary,
-            versions: ring
-                .versions
-                .iter()
-                .map(|(&version, v)| VersionFile {
-                    version,
-                    state: v.state,
-                    created_at: v.created_at,
-                    material: v
-                        .material
-                        .as_ref()
-                        .map(|m| Zeroizing::new(BASE64.encode(m.as_slice()))),
-                })
-                .collect(),
-        };
-        let text = Zeroizing::new(
-            serde_json::to_string_pretty(&file)
-                .map_err(|e| Error::configuration(format!("cannot encode key file: {e}")))?,
-        );
+        let text = key_file::render(&self.key_id, ring)?;
         crate::files::write_atomically(path, text.as_bytes(), 0o600)
     }
 
@@ -541,87 +442,5 @@ impl KeyStateControl for LocalKms {
 
     async fn enable_key(&self) -> Result<()> {
         self.set_enabled(true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::{CompartmentId, KeyConfigId};
-
-    fn ctx_ids() -> (CompartmentId, KeyConfigId) {
-        (
-            CompartmentId::new("c1").unwrap(),
-            KeyConfigId::new("local").unwrap(),
-        )
-    }
-
-    #[tokio::test]
-    async fn file_round_trip_keeps_versions() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kek.json");
-        let kms = LocalKms::create(&path, "local:test").unwrap();
-        let (c, k) = ctx_ids();
-        let ctx = WrapContext::new(&c, &k);
-        let dek = DataKey::generate().unwrap();
-        let w1 = kms.wrap(&dek, &ctx).await.unwrap();
-        assert_eq!(kms.rotate().unwrap(), 2);
-        let w2 = kms.wrap(&dek, &ctx).await.unwrap();
-        assert_eq!(
-            (w1.key_version.as_str(), w2.key_version.as_str()),
-            ("1", "2")
-        );
-
-        let reopened = LocalKms::open(&path).unwrap();
-        assert_eq!(reopened.primary_version(), 2);
-        for w in [&w1, &w2] {
-            let back = reopened.unwrap(w, &ctx).await.unwrap();
-            assert_eq!(back.expose_secret(), dek.expose_secret());
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        assert_eq!(
-            LocalKms::create(&path, "again").unwrap_err().kind(),
-            ErrorKind::AlreadyExists
-        );
-    }
-
-    #[tokio::test]
-    async fn disabled_and_destroyed_versions_are_revoked() {
-        let kms = LocalKms::generate("local:test").unwrap();
-        let (c, k) = ctx_ids();
-        let ctx = WrapContext::new(&c, &k);
-        let dek = DataKey::generate().unwrap();
-        let w1 = kms.wrap(&dek, &ctx).await.unwrap();
-        kms.rotate().unwrap();
-        kms.set_version_state(1, VersionState::Disabled).unwrap();
-        assert_eq!(
-            kms.unwrap(&w1, &ctx).await.err().unwrap().kind(),
-            ErrorKind::KeyRevoked
-        );
-        kms.set_version_state(1, VersionState::Enabled).unwrap();
-        assert!(kms.unwrap(&w1, &ctx).await.is_ok());
-        kms.set_version_state(1, VersionState::Destroyed).unwrap();
-        assert_eq!(
-            kms.unwrap(&w1, &ctx).await.err().unwrap().kind(),
-            ErrorKind::KeyRevoked
-        );
-        assert!(kms.set_version_state(1, VersionState::Enabled).is_err());
-        assert!(kms.set_version_state(2, VersionState::Destroyed).is_err());
-    }
-
-    #[test]
-    fn debug_shows_no_material() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kek.json");
-        let kms = LocalKms::create(&path, "local:test").unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let file: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let material = file["versions"][0]["material"].as_str().unwrap().to_owned();
-        assert!(!format!("{kms:?}").contains(&material));
     }
 }
