@@ -105,4 +105,14 @@ impl DecryptCache {
             },
         }
     }
+
+    /// Forgets every DEK for which `forget` says so.
+    pub(crate) fn forget(&self, forget: impl Fn(&OpenDek) -> bool) {
+        self.map.retain(|_, open| !forget(open));
+    }
+
+    /// DEKs cached.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
 }

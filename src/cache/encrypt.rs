@@ -145,6 +145,12 @@ impl ActiveDek {
         self.born
     }
 
+    /// Ends its life now: every later reservation is refused (it was retired while callers or
+    /// leases may still hold it).
+    pub(crate) fn expire(&self) {
+        self.expires_at.store(0, Relaxed);
+    }
+
     /// Degraded mode: lets it serve until `until` (never shortens its life).
     pub(crate) fn extend_life(&self, until: Instant) {
         self.expires_at.fetch_max(until.as_u64(), Relaxed);
@@ -185,6 +191,30 @@ impl EncryptCache {
             map: super::SnapshotMap::new(config.encrypt_capacity, evictions),
             limits: EncryptLimits::new(config),
         }
+    }
+
+    /// Forgets the DEK of `compartment` and expires it for whoever still holds it.
+    pub(crate) fn purge(&self, compartment: &CompartmentId) {
+        self.map.remove_if(compartment, |active| {
+            active.expire();
+            true
+        });
+    }
+
+    /// Forgets (and expires) every DEK for which `retire` says so.
+    pub(crate) fn retire(&self, retire: impl Fn(&ActiveDek) -> bool) {
+        self.map.retain(|_, active| {
+            let gone = retire(active);
+            if gone {
+                active.expire();
+            }
+            !gone
+        });
+    }
+
+    /// Compartments with a cached DEK.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
     }
 }
 

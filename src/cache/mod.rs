@@ -15,6 +15,7 @@
 mod counters;
 mod decrypt;
 mod encrypt;
+mod lease;
 mod loaded;
 mod single_flight;
 mod snapshot_map;
@@ -24,6 +25,7 @@ use std::time::Duration;
 pub(crate) use counters::Counters;
 pub(crate) use decrypt::{DecryptCache, DekSource, OpenDek};
 pub(crate) use encrypt::{ActiveDek, EncryptCache, Reservation};
+pub(crate) use lease::EncryptionLease;
 pub(crate) use loaded::LoadedDek;
 pub(crate) use single_flight::SingleFlight;
 pub(crate) use snapshot_map::{SnapshotMap, Touch, TouchBit};

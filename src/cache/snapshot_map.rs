@@ -122,6 +122,7 @@ impl<K: Hash + Eq + Clone, V: Clone + Touch> SnapshotMap<K, V> {
         });
     }
 
+    #[cfg(test)]
     /// Removes `key`.
     pub(crate) fn remove(&self, key: &K) {
         self.remove_if(key, |_| true);

@@ -8,7 +8,7 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use super::inner::{DEGRADED_STEP, Inner, SUITE, is_outage};
-use crate::cache::{ActiveDek, Counters, LoadedDek, OpenDek, Reservation};
+use crate::cache::{ActiveDek, Counters, EncryptionLease, LoadedDek, OpenDek, Reservation};
 use crate::cipher::DekMaterial;
 use crate::error::{Error, Result};
 use crate::format::DekRecord;
@@ -40,6 +40,30 @@ impl Inner {
                 Ok(f(&active.dek))
             })
             .unwrap_or(Err(None))
+    }
+
+    /// A lease on the encryption DEK of `compartment` (made within `deadline` when none is
+    /// usable), for a writer that reserves its budget as it goes; see [`EncryptionLease`].
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "its first user is the streaming writer, next")
+    )]
+    pub(super) async fn encryption_lease(
+        self: &Arc<Self>,
+        compartment: &CompartmentId,
+        deadline: Instant,
+    ) -> Result<EncryptionLease> {
+        let active = match self.enc.map.get(compartment) {
+            Some(active) if active.is_usable(CoarseInstant::now(), &self.enc.limits) => active,
+            other => {
+                Counters::bump(&self.counters.encrypt_misses);
+                let stale = other.map(|active| active.dek.id);
+                self.new_encryption_dek(compartment, stale, deadline)
+                    .boxed()
+                    .await?
+            }
+        };
+        Ok(EncryptionLease::new(active, self.enc.limits))
     }
 
     /// A DEK that may take one more message of `len` bytes, made (or, in degraded mode,
@@ -231,8 +255,7 @@ impl Inner {
         let mut locked = self.creations.lock_all();
         locked.invalidate_key_config(key_config);
         self.enc
-            .map
-            .retain(|_, active| !(active.dek.key_config == *key_config && retire(active)));
+            .retire(|active| active.dek.key_config == *key_config && retire(active));
     }
 
     /// Starts preparing the next DEK in the background, once per DEK.
@@ -269,11 +292,113 @@ impl Inner {
     pub(super) fn purge_encryption_dek(&self, compartment: &CompartmentId) {
         let mut locked = self.creations.lock_all();
         locked.invalidate_compartment(compartment);
-        self.enc.map.remove(compartment);
+        self.enc.purge(compartment);
     }
 
     /// Stops new encryptions under `key_config` at once.
     pub(super) fn drop_encryption_deks(&self, key_config: &KeyConfigId) {
         self.retire_encryption_deks(key_config, |_| true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::cache::{CacheConfig, Reservation};
+    use crate::ids::{CompartmentId, KeyConfigId};
+    use crate::{Client, LocalKms, RevokeMode};
+
+    fn client(max_messages: u64) -> Client {
+        let cache = CacheConfig {
+            encrypt_max_messages: max_messages,
+            refresh_fraction: 1.0,
+            ..CacheConfig::default()
+        };
+        Client::builder()
+            .key(
+                KeyConfigId::new("local").unwrap(),
+                std::sync::Arc::new(LocalKms::generate("local:lease").unwrap()),
+            )
+            .cache(cache)
+            .build()
+            .unwrap()
+    }
+
+    fn dek_id(envelope: &[u8]) -> String {
+        crate::inspect(envelope).unwrap().dek_id
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_held_across_awaits_and_shares_the_dek_budget() {
+        let client = client(10);
+        let c = CompartmentId::new("lease").unwrap();
+        let lease = client
+            .inner
+            .encryption_lease(&c, client.deadline())
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            assert_eq!(lease.reserve(100), Reservation::Granted);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let leased = lease.dek().id.to_hex();
+        for _ in 0..6 {
+            let envelope = client.encrypt(&c, b"m", b"").await.unwrap();
+            assert_eq!(dek_id(&envelope), leased, "messages share the leased DEK");
+        }
+        assert_eq!(
+            lease.reserve(1),
+            Reservation::Exhausted,
+            "10 messages in all"
+        );
+        let next = client.encrypt(&c, b"m", b"").await.unwrap();
+        assert_ne!(
+            dek_id(&next),
+            leased,
+            "the next message goes under a new DEK"
+        );
+        let again = client
+            .inner
+            .encryption_lease(&c, client.deadline())
+            .await
+            .unwrap();
+        assert_eq!(
+            again.dek().id.to_hex(),
+            dek_id(&next),
+            "a new lease takes the cached DEK"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retired_dek_refuses_its_lease() {
+        let client = client(1000);
+        let c = CompartmentId::new("lease").unwrap();
+        let lease = client
+            .inner
+            .encryption_lease(&c, client.deadline())
+            .await
+            .unwrap();
+        assert_eq!(lease.reserve(1), Reservation::Granted);
+        client.purge(&c);
+        assert_eq!(
+            lease.reserve(1),
+            Reservation::Exhausted,
+            "purged while leased"
+        );
+
+        let lease = client
+            .inner
+            .encryption_lease(&c, client.deadline())
+            .await
+            .unwrap();
+        client.revoke(&KeyConfigId::new("local").unwrap(), RevokeMode::Immediately);
+        assert_eq!(
+            lease.reserve(1),
+            Reservation::Exhausted,
+            "revoked while leased"
+        );
+        let refused = client.inner.encryption_lease(&c, client.deadline()).await;
+        assert_eq!(refused.unwrap_err().kind(), crate::ErrorKind::KeyRevoked);
     }
 }

@@ -92,8 +92,8 @@ impl Inner {
             .map
             .for_each(|_, active| encryptions += active.messages());
         s.encrypt_hits = encryptions.saturating_sub(s.encrypt_misses);
-        s.encrypt_entries = self.enc.map.len() as u64;
-        s.decrypt_entries = self.dec.map.len() as u64;
+        s.encrypt_entries = self.enc.len() as u64;
+        s.decrypt_entries = self.dec.len() as u64;
         s
     }
 

@@ -24,11 +24,11 @@ use seal::{
     header_fits, open_in_place, open_into, peek_envelope, seal_detached, seal_envelope, with_aad,
 };
 
-use crate::cache::{CacheConfig, Stats};
+use crate::cache::{CacheConfig, LoadedDek, Stats};
 use crate::cipher::{CipherProvider, MAX_PLAINTEXT_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::format::{Form, split_body};
-use crate::ids::{CompartmentId, DekId, KeyConfigId};
+use crate::ids::{CompartmentId, KeyConfigId};
 use crate::kms::health::{KeyHealth, KeyListener};
 
 /// Encrypts and decrypts data of many compartments under their customers' keys.
@@ -244,29 +244,13 @@ impl Client {
         header_out: &mut Vec<u8>,
     ) -> Result<[u8; TAG_LEN]> {
         let len = buf.len() as u64;
-        if len > MAX_PLAINTEXT_LEN {
-            return Err(Error::invalid_input("plaintext longer than 64 GiB"));
-        }
-        let cached = self
-            .inner
-            .with_cached_encryption_dek(compartment, len, |dek| {
-                seal_detached(dek, form, buf, aad, header_out)
-            });
-        match cached {
-            Ok(sealed) => sealed,
-            Err(stale) => {
-                let active = self
-                    .inner
-                    .encryption_dek_slow(compartment, len, stale, self.deadline())
-                    .boxed()
-                    .await
-                    .inspect_err(crate::telemetry::error)?;
-                seal_detached(&active.dek, form, buf, aad, header_out)
-            }
-        }
+        self.with_encryption_dek(compartment, len, |dek| {
+            seal_detached(dek, form, buf, aad, header_out)
+        })
+        .await
     }
 
-    /// Seals with the cached DEK, or with a new one from the slow path.
+    /// Seals `plaintext` into `out` under the compartment's DEK.
     #[inline]
     async fn encrypt_as(
         &self,
@@ -276,54 +260,41 @@ impl Client {
         aad: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        match self.try_encrypt_cached(form, compartment, plaintext, aad, out) {
+        self.with_encryption_dek(compartment, plaintext.len() as u64, |dek| {
+            seal_envelope(dek, form, plaintext, aad, out)
+        })
+        .await
+    }
+
+    /// The one hit/miss ladder of every encryption: runs `seal` with the cached DEK of
+    /// `compartment` in place (no await, no allocation, no reference counting) if it may take a
+    /// message of `len` bytes, or else with a new DEK from the slow path (one KMS call per
+    /// compartment, shared by concurrent callers).
+    #[inline]
+    async fn with_encryption_dek<R>(
+        &self,
+        compartment: &CompartmentId,
+        len: u64,
+        mut seal: impl FnMut(&LoadedDek) -> Result<R>,
+    ) -> Result<R> {
+        if len > MAX_PLAINTEXT_LEN {
+            return Err(Error::invalid_input("plaintext longer than 64 GiB"));
+        }
+        match self
+            .inner
+            .with_cached_encryption_dek(compartment, len, &mut seal)
+        {
             Ok(sealed) => sealed,
             Err(stale) => {
-                self.encrypt_slow(form, compartment, plaintext, aad, out, stale)
+                let active = self
+                    .inner
+                    .encryption_dek_slow(compartment, len, stale, self.deadline())
+                    .boxed()
                     .await
+                    .inspect_err(crate::telemetry::error)?;
+                seal(&active.dek)
             }
         }
-    }
-
-    /// The hot path: seals with the cached DEK in place (no await, no allocation, no reference
-    /// counting). `Err` carries the id of an exhausted DEK (or `None`) for the slow path.
-    #[inline]
-    fn try_encrypt_cached(
-        &self,
-        form: Form,
-        compartment: &CompartmentId,
-        plaintext: &[u8],
-        aad: &[u8],
-        out: &mut Vec<u8>,
-    ) -> std::result::Result<Result<()>, Option<DekId>> {
-        let len = plaintext.len() as u64;
-        if len > MAX_PLAINTEXT_LEN {
-            return Ok(Err(Error::invalid_input("plaintext longer than 64 GiB")));
-        }
-        self.inner
-            .with_cached_encryption_dek(compartment, len, |dek| {
-                seal_envelope(dek, form, plaintext, aad, out)
-            })
-    }
-
-    /// Makes a new DEK (one KMS call per compartment, shared by concurrent callers) and seals.
-    #[cold]
-    async fn encrypt_slow(
-        &self,
-        form: Form,
-        compartment: &CompartmentId,
-        plaintext: &[u8],
-        aad: &[u8],
-        out: &mut Vec<u8>,
-        stale: Option<DekId>,
-    ) -> Result<()> {
-        let active = self
-            .inner
-            .encryption_dek_slow(compartment, plaintext.len() as u64, stale, self.deadline())
-            .boxed()
-            .await
-            .inspect_err(crate::telemetry::error)?;
-        seal_envelope(&active.dek, form, plaintext, aad, out)
     }
 
     /// Decrypts an envelope (either form) of `compartment`, checking `aad`.
@@ -358,53 +329,16 @@ impl Client {
         aad: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let result = match self.try_decrypt_cached(compartment, envelope, aad, out) {
-            Some(opened) => opened,
-            None => self.decrypt_slow(compartment, envelope, aad, out).await,
-        };
-        if let Err(e) = &result {
+        let mut envelope = envelope;
+        let result = self
+            .with_decryption_dek(compartment, &mut envelope, |dek, form, envelope| {
+                open_into(dek, form, envelope, aad, out)
+            })
+            .await;
+        if result.is_err() {
             out.clear();
-            crate::telemetry::error(e);
         }
         result
-    }
-
-    /// The hot path: opens with the cached DEK in place; `None` on a cache miss.
-    #[inline]
-    fn try_decrypt_cached(
-        &self,
-        compartment: &CompartmentId,
-        envelope: &[u8],
-        aad: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Option<Result<()>> {
-        let pre = match peek_envelope(envelope) {
-            Ok(pre) => pre,
-            Err(e) => return Some(Err(e)),
-        };
-        self.inner
-            .with_cached_decryption_dek(compartment, &pre, |dek| {
-                header_fits(dek, envelope, pre.form)
-                    .then(|| open_into(dek, pre.form, envelope, aad, out))
-            })
-    }
-
-    /// Loads (and unwraps) the DEK, then opens.
-    #[cold]
-    async fn decrypt_slow(
-        &self,
-        compartment: &CompartmentId,
-        envelope: &[u8],
-        aad: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<()> {
-        let pre = peek_envelope(envelope)?;
-        let open = self
-            .inner
-            .load_decryption_dek(compartment, envelope, pre, self.deadline())
-            .boxed()
-            .await?;
-        open_into(&open.dek, pre.form, envelope, aad, out)
     }
 
     /// Decrypts an envelope in place and returns the plaintext, a sub-slice of `envelope`.
@@ -418,26 +352,47 @@ impl Client {
         envelope: &'a mut [u8],
         aad: &[u8],
     ) -> Result<&'a mut [u8]> {
-        let pre = peek_envelope(envelope)?;
-        let hit = self
-            .inner
-            .with_cached_decryption_dek(compartment, &pre, |dek| {
-                header_fits(dek, envelope, pre.form)
-                    .then(|| open_in_place(dek, pre.form, envelope, aad))
-            });
-        let range = match hit {
-            Some(opened) => opened?,
-            None => {
-                let open = self
-                    .inner
-                    .load_decryption_dek(compartment, envelope, pre, self.deadline())
-                    .boxed()
-                    .await
-                    .inspect_err(crate::telemetry::error)?;
-                open_in_place(&open.dek, pre.form, envelope, aad)?
-            }
-        };
+        let range = self
+            .with_decryption_dek(compartment, &mut *envelope, |dek, form, envelope| {
+                open_in_place(dek, form, envelope, aad)
+            })
+            .await?;
         Ok(&mut envelope[range])
+    }
+
+    /// The one hit/miss ladder of every decryption: runs `open` with the DEK of `envelope`,
+    /// cached (used in place) when its header fits, or else loaded and unwrapped on the slow
+    /// path (one KMS call per DEK, shared by concurrent callers).
+    #[inline]
+    async fn with_decryption_dek<E, R>(
+        &self,
+        compartment: &CompartmentId,
+        envelope: &mut E,
+        mut open: impl FnMut(&LoadedDek, Form, &mut E) -> Result<R>,
+    ) -> Result<R>
+    where
+        E: AsRef<[u8]> + ?Sized,
+    {
+        let result = async {
+            let pre = peek_envelope(envelope.as_ref())?;
+            let hit = self
+                .inner
+                .with_cached_decryption_dek(compartment, &pre, |dek| {
+                    header_fits(dek, envelope.as_ref(), pre.form)
+                        .then(|| open(dek, pre.form, envelope))
+                });
+            if let Some(opened) = hit {
+                return opened;
+            }
+            let loaded = self
+                .inner
+                .load_decryption_dek(compartment, envelope.as_ref(), pre, self.deadline())
+                .boxed()
+                .await?;
+            open(&loaded.dek, pre.form, envelope)
+        }
+        .await;
+        result.inspect_err(crate::telemetry::error)
     }
 
     /// See [`crate::internal::partner_tag`].
@@ -469,8 +424,7 @@ impl Client {
         self.inner.purge_encryption_dek(compartment);
         self.inner
             .dec
-            .map
-            .retain(|_, open| open.dek.compartment != *compartment);
+            .forget(|open| open.dek.compartment == *compartment);
     }
 
     /// Treats `key_config` as revoked by this client: new encryptions under it fail at once with
@@ -485,8 +439,7 @@ impl Client {
         if mode == RevokeMode::Immediately {
             self.inner
                 .dec
-                .map
-                .retain(|_, open| open.dek.key_config != *key_config);
+                .forget(|open| open.dek.key_config == *key_config);
         }
         tracing::info!(key_config = %key_config, ?mode, "key configuration revoked");
     }
