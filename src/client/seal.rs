@@ -3,9 +3,11 @@
 use rand::Rng as _;
 
 use crate::cache::LoadedDek;
-use crate::cipher::{NONCE_LEN, TAG_LEN};
 use crate::error::{Error, Result};
-use crate::format::{Form, Preamble, split_body};
+use crate::format::{
+    Form, NONCE_LEN, Preamble, TAG_LEN, envelope_len, split_body, split_body_in_place,
+    split_body_mut, write_head,
+};
 
 /// Writes header (or compact preamble), a fresh random nonce, ciphertext and tag into `out`.
 #[inline]
@@ -17,16 +19,14 @@ pub(super) fn seal_envelope(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let (header, digest) = dek.header_for(form);
-    let body_at = header.len() + NONCE_LEN;
-    overwrite_len(out, body_at + plaintext.len() + TAG_LEN);
-    out[..header.len()].copy_from_slice(header);
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rng().fill_bytes(&mut nonce);
-    out[header.len()..body_at].copy_from_slice(&nonce);
-    let sealed = with_aad(digest, aad, |aad| {
-        dek.material
-            .cipher
-            .seal(&nonce, aad, plaintext, &mut out[body_at..])
+    overwrite_len(out, envelope_len(header.len(), plaintext.len()));
+    let (head, body) = out.split_at_mut(header.len());
+    head.copy_from_slice(header);
+    let sealed = split_body_mut(body).and_then(|(nonce, sealed)| {
+        rand::rng().fill_bytes(nonce);
+        with_aad(digest, aad, |aad| {
+            dek.material.cipher.seal(nonce, aad, plaintext, sealed)
+        })
     });
     if sealed.is_err() {
         out.clear();
@@ -46,9 +46,7 @@ pub(super) fn seal_detached(
     let (header, digest) = dek.header_for(form);
     let mut nonce = [0u8; NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);
-    header_out.clear();
-    header_out.extend_from_slice(header);
-    header_out.extend_from_slice(&nonce);
+    write_head(header_out, header, &nonce);
     with_aad(digest, aad, |aad| {
         dek.material.cipher.seal_in_place(&nonce, aad, buf)
     })
@@ -82,23 +80,13 @@ pub(super) fn open_in_place(
     aad: &[u8],
 ) -> Result<std::ops::Range<usize>> {
     let (header, digest) = dek.header_for(form);
-    let start = header.len() + NONCE_LEN;
-    if envelope.len() < start + TAG_LEN {
-        return Err(Error::invalid_input("truncated envelope"));
-    }
-    let end = envelope.len() - TAG_LEN;
-    let (head, rest) = envelope.split_at_mut(start);
-    let (ciphertext, tag) = rest.split_at_mut(end - start);
-    let nonce: &[u8; NONCE_LEN] = head[header.len()..]
-        .try_into()
-        .map_err(|_| Error::integrity())?;
-    let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| Error::integrity())?;
+    let (nonce, ciphertext, tag, range) = split_body_in_place(&mut envelope[header.len()..])?;
     with_aad(digest, aad, |aad| {
         dek.material
             .cipher
             .open_in_place(nonce, aad, ciphertext, tag)
     })?;
-    Ok(start..end)
+    Ok(header.len() + range.start..header.len() + range.end)
 }
 
 /// The preamble of something passed to decrypt, which must be an envelope.

@@ -59,6 +59,52 @@ pub(crate) struct Body<'a> {
     pub(crate) tag: &'a [u8; TAG_LEN],
 }
 
+/// Length of an envelope whose header is `header_len` bytes long around `plaintext_len` bytes.
+#[inline]
+pub(crate) const fn envelope_len(header_len: usize, plaintext_len: usize) -> usize {
+    header_len + NONCE_LEN + plaintext_len + TAG_LEN
+}
+
+/// Splits the body of an envelope being written (everything after its header, sized by
+/// [`envelope_len`]) into the nonce and the room for ciphertext and tag, which follow it.
+#[inline]
+pub(crate) fn split_body_mut(body: &mut [u8]) -> Result<(&mut [u8; NONCE_LEN], &mut [u8])> {
+    match body.split_first_chunk_mut::<NONCE_LEN>() {
+        Some((nonce, sealed)) if sealed.len() >= TAG_LEN => Ok((nonce, sealed)),
+        _ => Err(Error::invalid_input("truncated envelope")),
+    }
+}
+
+/// Appends a detached envelope's head: its header, then the nonce (the ciphertext and tag are
+/// kept apart by the caller).
+#[inline]
+pub(crate) fn write_head(out: &mut Vec<u8>, header: &[u8], nonce: &[u8; NONCE_LEN]) {
+    out.clear();
+    out.extend_from_slice(header);
+    out.extend_from_slice(nonce);
+}
+
+/// Splits what follows a header, in place, into nonce, ciphertext and tag; also returns where
+/// the ciphertext lies within `bytes`.
+#[inline]
+pub(crate) fn split_body_in_place(
+    bytes: &mut [u8],
+) -> Result<(
+    &[u8; NONCE_LEN],
+    &mut [u8],
+    &[u8; TAG_LEN],
+    std::ops::Range<usize>,
+)> {
+    let Some((nonce, rest)) = bytes.split_first_chunk_mut::<NONCE_LEN>() else {
+        return Err(Error::invalid_input("truncated envelope"));
+    };
+    let Some((ciphertext, tag)) = rest.split_last_chunk_mut::<TAG_LEN>() else {
+        return Err(Error::invalid_input("truncated envelope"));
+    };
+    let range = NONCE_LEN..NONCE_LEN + ciphertext.len();
+    Ok((&*nonce, ciphertext, &*tag, range))
+}
+
 /// Splits what follows a header into nonce, ciphertext and tag.
 #[inline]
 pub(crate) fn split_body(bytes: &[u8]) -> Result<Body<'_>> {

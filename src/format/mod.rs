@@ -10,7 +10,9 @@ mod envelope;
 mod record;
 
 pub use envelope::{EnvelopeInfo, inspect};
-pub(crate) use envelope::{Preamble, split_body};
+pub(crate) use envelope::{
+    Preamble, envelope_len, split_body, split_body_in_place, split_body_mut, write_head,
+};
 pub use record::DekRecord;
 
 use crate::error::{Error, Result};

@@ -101,7 +101,8 @@ pub async fn round_trip(backend: &dyn KmsBackend) {
     );
 }
 
-/// Unwrapping under another compartment or key configuration fails with `Integrity`.
+/// Unwrapping under another compartment or key configuration fails with an opaque `Integrity`
+/// ("decryption failed", nothing from the KMS).
 pub async fn wrong_context_fails(backend: &dyn KmsBackend) {
     let (c, k) = ids("conformance-ctx-a", "conformance");
     let (other_c, other_k) = ids("conformance-ctx-b", "conformance-other");
@@ -116,7 +117,14 @@ pub async fn wrong_context_fails(backend: &dyn KmsBackend) {
     ] {
         match backend.unwrap(&wrapped, &ctx).await {
             Ok(_) => panic!("unwrap under {label} succeeded"),
-            Err(e) => assert_eq!(e.kind(), ErrorKind::Integrity, "unwrap under {label}: {e}"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Integrity, "unwrap under {label}: {e}");
+                assert_eq!(
+                    e.to_string(),
+                    "integrity: decryption failed",
+                    "an integrity failure under {label} says more than that it failed"
+                );
+            }
         }
     }
 }
