@@ -80,11 +80,12 @@ pub(super) fn open_in_place(
     aad: &[u8],
 ) -> Result<std::ops::Range<usize>> {
     let (header, digest) = dek.header_for(form);
-    let (nonce, ciphertext, tag, range) = split_body_in_place(&mut envelope[header.len()..])?;
+    let body = split_body_in_place(&mut envelope[header.len()..])?;
+    let range = body.ciphertext_range();
     with_aad(digest, aad, |aad| {
         dek.material
             .cipher
-            .open_in_place(nonce, aad, ciphertext, tag)
+            .open_in_place(body.nonce, aad, body.ciphertext, body.tag)
     })?;
     Ok(header.len() + range.start..header.len() + range.end)
 }

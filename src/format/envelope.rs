@@ -84,25 +84,34 @@ pub(crate) fn write_head(out: &mut Vec<u8>, header: &[u8], nonce: &[u8; NONCE_LE
     out.extend_from_slice(nonce);
 }
 
-/// Splits what follows a header, in place, into nonce, ciphertext and tag; also returns where
-/// the ciphertext lies within `bytes`.
+/// What follows a header, split in place: nonce, ciphertext and tag.
+pub(crate) struct BodyInPlace<'a> {
+    pub(crate) nonce: &'a [u8; NONCE_LEN],
+    pub(crate) ciphertext: &'a mut [u8],
+    pub(crate) tag: &'a [u8; TAG_LEN],
+}
+
+impl BodyInPlace<'_> {
+    /// Where the ciphertext lies within what follows the header.
+    pub(crate) fn ciphertext_range(&self) -> std::ops::Range<usize> {
+        NONCE_LEN..NONCE_LEN + self.ciphertext.len()
+    }
+}
+
+/// Splits what follows a header, in place, into nonce, ciphertext and tag.
 #[inline]
-pub(crate) fn split_body_in_place(
-    bytes: &mut [u8],
-) -> Result<(
-    &[u8; NONCE_LEN],
-    &mut [u8],
-    &[u8; TAG_LEN],
-    std::ops::Range<usize>,
-)> {
+pub(crate) fn split_body_in_place(bytes: &mut [u8]) -> Result<BodyInPlace<'_>> {
     let Some((nonce, rest)) = bytes.split_first_chunk_mut::<NONCE_LEN>() else {
         return Err(Error::invalid_input("truncated envelope"));
     };
     let Some((ciphertext, tag)) = rest.split_last_chunk_mut::<TAG_LEN>() else {
         return Err(Error::invalid_input("truncated envelope"));
     };
-    let range = NONCE_LEN..NONCE_LEN + ciphertext.len();
-    Ok((&*nonce, ciphertext, &*tag, range))
+    Ok(BodyInPlace {
+        nonce,
+        ciphertext,
+        tag,
+    })
 }
 
 /// Splits what follows a header into nonce, ciphertext and tag.
