@@ -64,28 +64,43 @@ pub(crate) fn lock_exclusive(path: &Path) -> Result<std::fs::File> {
 }
 
 /// Removes the temporary files in `dir` older than `age`: what writers killed mid-write left.
-/// Returns how many it removed; a missing directory has none.
-pub(crate) fn remove_stale_temporaries(dir: &Path, age: Duration) -> Result<usize> {
+/// Best effort (cleaning up never fails the caller's work): what cannot be read or removed is
+/// left and logged. Returns how many it removed.
+pub(crate) fn remove_stale_temporaries(dir: &Path, age: Duration) -> usize {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(Error::from(e).with_context(format!("reading {}", dir.display()))),
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot look for stale temporary files");
+            }
+            return 0;
+        }
     };
     let now = SystemTime::now();
     let mut removed = 0;
-    for entry in entries {
-        let entry = entry?;
-        let is_temporary = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(TEMPORARY_PREFIX));
+    for entry in entries.flatten() {
         let modified = entry.metadata().and_then(|m| m.modified());
         let stale = modified.is_ok_and(|m| now.duration_since(m).is_ok_and(|d| d >= age));
-        if is_temporary && stale && std::fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
+        if !(is_temporary(&entry.file_name()) && stale) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::debug!(file = %entry.path().display(), error = %e, "cannot remove a stale temporary file")
+            }
         }
     }
-    Ok(removed)
+    removed
+}
+
+/// Whether `name` is one of this crate's temporary files: `.tmp-<hex>`, or `.<name>.<hex>.tmp`
+/// as releases before 0.2 named those of create-once writes.
+fn is_temporary(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| {
+        n.starts_with(TEMPORARY_PREFIX)
+            || (n.starts_with('.') && n.ends_with(".tmp") && n.len() > 5)
+    })
 }
 
 /// Runs blocking file work off the async runtime.
@@ -156,13 +171,14 @@ mod tests {
     fn only_old_temporaries_are_swept() {
         let dir = tempfile::tempdir().unwrap();
         let old = dir.path().join(".tmp-old");
+        let old_style = dir.path().join(".ab12.json.0011223344556677.tmp");
         let fresh = dir.path().join(".tmp-fresh");
         let data = dir.path().join("data");
-        for p in [&old, &fresh, &data] {
+        for p in [&old, &old_style, &fresh, &data] {
             std::fs::write(p, b"x").unwrap();
         }
         let past = SystemTime::now() - STALE_TEMPORARY_AGE - Duration::from_secs(1);
-        for p in [&old, &data] {
+        for p in [&old, &old_style, &data] {
             std::fs::File::options()
                 .write(true)
                 .open(p)
@@ -170,11 +186,8 @@ mod tests {
                 .set_modified(past)
                 .unwrap();
         }
-        assert_eq!(
-            remove_stale_temporaries(dir.path(), STALE_TEMPORARY_AGE).unwrap(),
-            1
-        );
-        assert!(!old.exists());
+        assert_eq!(remove_stale_temporaries(dir.path(), STALE_TEMPORARY_AGE), 2);
+        assert!(!old.exists() && !old_style.exists());
         assert!(fresh.exists() && data.exists());
     }
 }

@@ -53,6 +53,9 @@ pub(crate) enum Reservation {
     Exhausted,
 }
 
+/// The `expires_at` of a retired DEK: in the past of every clock reading, and final.
+const RETIRED: u64 = 0;
+
 /// The DEK a compartment's new data goes under, with its usage so far.
 pub(crate) struct ActiveDek {
     pub(crate) dek: Arc<LoadedDek>,
@@ -145,15 +148,18 @@ impl ActiveDek {
         self.born
     }
 
-    /// Ends its life now: every later reservation is refused (it was retired while callers or
-    /// leases may still hold it).
+    /// Ends its life now and for good: every later reservation is refused, and degraded mode
+    /// cannot extend it (it was retired while callers or leases may still hold it).
     pub(crate) fn expire(&self) {
-        self.expires_at.store(0, Relaxed);
+        self.expires_at.store(RETIRED, Relaxed);
     }
 
-    /// Degraded mode: lets it serve until `until` (never shortens its life).
+    /// Degraded mode: lets it serve until `until` (never shortens its life, never revives a
+    /// retired DEK).
     pub(crate) fn extend_life(&self, until: Instant) {
-        self.expires_at.fetch_max(until.as_u64(), Relaxed);
+        let _ = self.expires_at.fetch_update(Relaxed, Relaxed, |at| {
+            (at != RETIRED).then(|| at.max(until.as_u64()))
+        });
     }
 
     /// Messages granted so far.
@@ -251,6 +257,23 @@ mod tests {
         (0..3).for_each(|_| assert_ne!(b.reserve(1, now, &l), Reservation::Exhausted));
         drop(b);
         assert_eq!(retired.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_retired_dek_stays_retired_even_in_degraded_mode() {
+        let l = limits(100, u64::MAX);
+        let now = Instant::now();
+        let a = ActiveDek::new(dek(), now, &l, Arc::default());
+        assert_eq!(a.reserve(1, now, &l), Reservation::Granted);
+        a.expire();
+        assert_eq!(a.reserve(1, now, &l), Reservation::Exhausted);
+        a.extend_life(now + Duration::from_secs(60).into());
+        assert_eq!(
+            a.reserve(1, now, &l),
+            Reservation::Exhausted,
+            "revived by extend_life"
+        );
+        assert!(!a.is_usable(now, &l));
     }
 
     #[test]

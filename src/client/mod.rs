@@ -1,8 +1,9 @@
 //! The [`Client`]: envelope encryption for many compartments over one data-key cache.
 //!
-//! `mod.rs` holds the public API, `builder.rs` its construction, `inner.rs` the shared state and
-//! the slow paths (KMS calls, DEK creation and loading, refresh, revocation), and `seal.rs` the
-//! per-message byte work of the hot path.
+//! `mod.rs` holds the public API and its two hit/miss ladders, `builder.rs` its construction,
+//! `inner.rs` the shared state and key events, `encrypting.rs` and `decrypting.rs` the slow
+//! paths (KMS calls, DEK creation and loading, refresh, degraded mode, retirement), and
+//! `seal.rs` the per-message byte work of the hot path.
 
 mod builder;
 mod creations;

@@ -83,7 +83,7 @@ impl FileControlStore {
             std::fs::create_dir_all(root.join(dir)).map_err(|e| {
                 Error::from(e).with_context(format!("creating {}", root.join(dir).display()))
             })?;
-            remove_stale_temporaries(&root.join(dir), STALE_TEMPORARY_AGE)?;
+            remove_stale_temporaries(&root.join(dir), STALE_TEMPORARY_AGE);
         }
         Ok(Self {
             root: Arc::from(root),

@@ -127,7 +127,6 @@ pub(crate) fn attachable(stored: Option<&ExternalKey>, key: &ExternalKeyId) -> R
     }
 }
 
-/// The error of an update that lost a race with another writer.
 /// The compare-and-swap rule of [`ControlStore::update_external_key`]: `stored` may be replaced
 /// by `key` only if it is still as read at `expected_updated_at`.
 pub(crate) fn swappable(
@@ -156,6 +155,7 @@ pub(crate) fn reattachable(
     }
 }
 
+/// The error of an update that lost a race with another writer.
 fn changed_meanwhile(id: &ExternalKeyId) -> Error {
     Error::new(
         ErrorKind::AlreadyExists,

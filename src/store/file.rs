@@ -91,7 +91,7 @@ impl DekStore for FileDekStore {
         blocking(move || {
             // Listing is how a rewrap starts on a compartment: a good moment to remove what an
             // earlier writer, killed mid-write, left behind.
-            remove_stale_temporaries(&dir, STALE_TEMPORARY_AGE)?;
+            remove_stale_temporaries(&dir, STALE_TEMPORARY_AGE);
             let entries = match std::fs::read_dir(&dir) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -231,3 +231,23 @@ fn a_later_run_removes_what_a_killed_rewrap_left_behind() {
         assert!(!path.exists(), "{} is still there", path.display());
     }
 }
+
+#[test]
+fn a_state_that_lost_its_provider_managed_key_is_refused_not_given_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (good, compartment, err) = admin(&state, &["compartments", "create"], None);
+    assert!(good, "{err}");
+    let c = string(&compartment["compartment_id"]);
+    let encrypt = ["encrypt", "--state", s(&state), "--compartment", &c];
+    let envelope = ok(cmek(&encrypt, Some(b"under the provider-managed key")));
+
+    let key_file = state.join("provider-managed.key");
+    std::fs::remove_file(&key_file).unwrap();
+    let decrypt = ["decrypt", "--state", s(&state), "--compartment", &c];
+    let err = fails(cmek(&decrypt, Some(&envelope)));
+    assert!(err.contains("provider-managed key"), "{err}");
+    let err = fails(cmek(&encrypt, Some(b"more")));
+    assert!(err.contains("provider-managed key"), "{err}");
+    assert!(!key_file.exists(), "a new provider-managed key was made");
+}

@@ -40,6 +40,16 @@ pub(crate) fn open_plane(dir: &Path, create: Create) -> cmek::Result<ControlPlan
     }
     std::fs::create_dir_all(dir)?;
     let key_file = dir.join(PROVIDER_MANAGED_FILE);
+    if create == Create::No && !key_file.exists() {
+        // A new key would make every provider-managed envelope of this state unreadable.
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "the state in {} has no provider-managed key file ({PROVIDER_MANAGED_FILE}); restore it from a backup",
+                dir.display()
+            ),
+        ));
+    }
     let provider_managed = if key_file.exists() {
         LocalKms::open(&key_file)?
     } else {
@@ -61,7 +71,10 @@ fn open(state: &StateArgs, create: Create) -> cmek::Result<(ControlPlane, Actor)
 /// A local key file named relative to the working directory, made absolute: the stored
 /// configuration is used from other directories later.
 fn absolute_key_file(config: &mut ProviderConfig) -> cmek::Result<()> {
-    if let ProviderConfig::Local { key_file } = config {
+    // An empty path is left for validation to name the field.
+    if let ProviderConfig::Local { key_file } = config
+        && !key_file.is_empty()
+    {
         *key_file = std::path::absolute(&*key_file)?.display().to_string();
     }
     Ok(())

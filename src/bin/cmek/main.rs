@@ -182,8 +182,8 @@ fn write_output(path: Option<&Path>, force: bool, bytes: &[u8]) -> cmek::Result<
             let mut file = file.open(p).map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => already_exists(p),
                 _ => {
-                    let kind = Error::from(e).kind();
-                    Error::new(kind, format!("cannot write {}", p.display()))
+                    let kind = Error::from(std::io::Error::from(e.kind())).kind();
+                    Error::new(kind, format!("cannot write {}: {e}", p.display()))
                 }
             })?;
             file.write_all(bytes)?;

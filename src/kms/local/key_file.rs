@@ -1,5 +1,5 @@
 //! The key file on disk (JSON, mode 0600, written atomically): its versions, their states and
-//! their material in base64. Specified in `docs/FORMAT.md` ("The local key file").
+//! their material in base64. Specified in `docs/FORMAT.md` ("Local backend: key file and wrapped DEK").
 
 use std::collections::BTreeMap;
 use std::path::Path;

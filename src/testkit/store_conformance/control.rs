@@ -35,7 +35,8 @@ where
     delete_attach_race_never_crosses(&racers).await;
     attached_compartments_query(&*store).await;
     rewrap_jobs_round_trip(&*store).await;
-    restart_keeps_state(&*store, &*open()).await;
+    delete_races_attachments_and_creations(&racers).await;
+    restart_keeps_state(&*store, open).await;
 }
 
 fn now() -> OffsetDateTime {
@@ -195,7 +196,7 @@ pub async fn read_modify_write_loses_nothing<S: ControlStore + ?Sized>(racers: &
         .map(|(i, store)| {
             let (store, id) = (store.clone(), key.id.clone());
             tokio::spawn(async move {
-                loop {
+                for _ in 0..1000 {
                     let mut k = store
                         .external_key(&id)
                         .await
@@ -205,12 +206,13 @@ pub async fn read_modify_write_loses_nothing<S: ControlStore + ?Sized>(racers: &
                     k.display_name.push_str(&format!(" w{i}"));
                     k.updated_at = read_at + time::Duration::microseconds(1);
                     match store.update_external_key(&k, read_at).await {
-                        Ok(()) => break,
+                        Ok(()) => return,
                         Err(e) => {
                             assert_eq!(e.kind(), ErrorKind::AlreadyExists, "a writer got {e}")
                         }
                     }
                 }
+                panic!("writer {i} lost 1000 compare-and-swaps in a row");
             })
         })
         .collect();
@@ -477,11 +479,86 @@ pub async fn rewrap_jobs_round_trip(store: &(impl ControlStore + ?Sized)) {
     );
 }
 
+/// A deletion (without force) racing several attachments and a creation with the key, all
+/// released at once on separate instances of `racers`, many times: either the deletion is
+/// refused (409) and the key stays, or it lands and nothing ends up attached to the key.
+pub async fn delete_races_attachments_and_creations<S: ControlStore + ?Sized>(racers: &[Arc<S>]) {
+    let store = &racers[0];
+    for round in 0..RACERS {
+        let key = inserted_key(&**store).await;
+        let mut compartments = Vec::new();
+        for _ in 0..4 {
+            compartments.push(inserted_compartment(&**store).await);
+        }
+        let barrier = Arc::new(tokio::sync::Barrier::new(compartments.len() + 2));
+        let pick = |n: usize| racers[(round + n) % racers.len()].clone();
+        let mut attaches = Vec::new();
+        for (n, c) in compartments.iter().enumerate() {
+            let (store, barrier, c, id) = (pick(n), barrier.clone(), c.clone(), key.id.clone());
+            attaches.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store.attach(&c, &id, now()).await.map(drop)
+            }));
+        }
+        let created = {
+            let (store, barrier) = (pick(5), barrier.clone());
+            let mut c = Compartment::new(now()).expect("rng");
+            c.external_key_id = Some(key.id.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.insert_compartment(&c).await
+            })
+        };
+        let deleted = {
+            let (store, barrier, id) = (pick(6), barrier.clone(), key.id.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.delete_external_key(&id, now(), false).await
+            })
+        };
+        let deleted = deleted.await.expect("task panicked");
+        for a in attaches {
+            let _ = a.await.expect("task panicked");
+        }
+        let _ = created.await.expect("task panicked");
+        let attached = store
+            .attached_compartments(&key.id)
+            .await
+            .expect("attached_compartments failed");
+        match deleted {
+            Ok(k) => {
+                assert!(k.is_deleted(), "a deletion answered a key not deleted");
+                assert!(
+                    attached.is_empty(),
+                    "round {round}: {} compartment(s) attached to a key deleted without force",
+                    attached.len()
+                );
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::AlreadyExists, "round {round}: {e}");
+                assert!(
+                    !attached.is_empty(),
+                    "round {round}: refused with nothing attached"
+                );
+                let back = store
+                    .external_key(&key.id)
+                    .await
+                    .expect("read failed")
+                    .expect("gone");
+                assert!(
+                    !back.is_deleted(),
+                    "round {round}: a refused deletion is visible"
+                );
+            }
+        }
+    }
+}
+
 /// A store opened again over the same state has every configuration, compartment, attachment
 /// and job.
-pub async fn restart_keeps_state(
-    store: &(impl ControlStore + ?Sized),
-    reopened: &(impl ControlStore + ?Sized),
+pub async fn restart_keeps_state<S: ControlStore + ?Sized>(
+    store: &S,
+    reopen: impl FnOnce() -> Arc<S>,
 ) {
     let key = inserted_key(store).await;
     let c = inserted_compartment(store).await;
@@ -494,6 +571,7 @@ pub async fn restart_keeps_state(
         .put_rewrap_job(&job)
         .await
         .expect("put_rewrap_job failed");
+    let reopened = reopen();
     assert_eq!(
         reopened.external_key(&key.id).await.expect("read failed"),
         Some(key.clone()),
