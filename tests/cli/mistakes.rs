@@ -75,19 +75,7 @@ fn a_mistyped_state_directory_is_refused_not_created() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let key = keygen(dir.path(), "kek.json");
-    let (good, _, err) = admin(
-        &state,
-        &[
-            "keys",
-            "create",
-            "--local-key-file",
-            s(&key),
-            "--display-name",
-            "k",
-        ],
-        None,
-    );
-    assert!(good, "the first create makes the state: {err}");
+    validated_key(&state, &key); // the first create makes the state
 
     let typo = dir.path().join("stat");
     for args in [
@@ -139,21 +127,7 @@ fn validating_a_deleted_key_does_not_report_success() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let key = keygen(dir.path(), "kek.json");
-    let (_, created, _) = admin(
-        &state,
-        &[
-            "keys",
-            "create",
-            "--local-key-file",
-            s(&key),
-            "--display-name",
-            "k",
-        ],
-        None,
-    );
-    let id = string(&created["id"]);
-    let (good, _, err) = admin(&state, &["keys", "validate", &id], None);
-    assert!(good, "{err}");
+    let id = validated_key(&state, &key);
     let (good, _, err) = admin(&state, &["keys", "delete", &id], None);
     assert!(good, "{err}");
     let (good, result, err) = admin(&state, &["keys", "validate", &id], None);
@@ -166,20 +140,7 @@ fn a_later_run_removes_what_a_killed_rewrap_left_behind() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let (a, b) = (keygen(dir.path(), "a.json"), keygen(dir.path(), "b.json"));
-    let (_, created, _) = admin(
-        &state,
-        &[
-            "keys",
-            "create",
-            "--local-key-file",
-            s(&a),
-            "--display-name",
-            "k",
-        ],
-        None,
-    );
-    let id = string(&created["id"]);
-    admin(&state, &["keys", "validate", &id], None);
+    let id = validated_key(&state, &a);
     let (_, compartment, err) = admin(
         &state,
         &["compartments", "create", "--external-key-id", &id],

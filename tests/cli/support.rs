@@ -12,12 +12,16 @@ pub(crate) fn cmek(args: &[&str], stdin: Option<&[u8]>) -> Output {
 /// Runs `cmek` in the working directory `dir` (the test's own when `None`).
 pub(crate) fn cmek_in(dir: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cmek"));
+    command.env_remove("CMEK_STATE");
     if let Some(dir) = dir {
         command.current_dir(dir);
     }
+    run(command.args(args), stdin)
+}
+
+/// Runs `command` with piped stdio, feeding it `stdin`.
+fn run(command: &mut Command, stdin: Option<&[u8]>) -> Output {
     let mut child = command
-        .args(args)
-        .env_remove("CMEK_STATE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -62,21 +66,13 @@ pub(crate) fn admin(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> (bool, serde_json::Value, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cmek"))
-        .args(args)
-        .env("CMEK_STATE", state)
-        .env("USER", "ops@example.com")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_cmek"))
+            .args(args)
+            .env("CMEK_STATE", state)
+            .env("USER", "ops@example.com"),
+        stdin,
+    );
     let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     (
         out.status.success(),
@@ -87,4 +83,25 @@ pub(crate) fn admin(
 
 pub(crate) fn string(v: &serde_json::Value) -> String {
     v.as_str().unwrap().to_owned()
+}
+
+/// A configuration of the local key file `key_file` in `state`, validated; its id.
+pub(crate) fn validated_key(state: &Path, key_file: &Path) -> String {
+    let (good, key, err) = admin(
+        state,
+        &[
+            "keys",
+            "create",
+            "--local-key-file",
+            s(key_file),
+            "--display-name",
+            "k",
+        ],
+        None,
+    );
+    assert!(good, "{err}");
+    let id = string(&key["id"]);
+    let (good, _, err) = admin(state, &["keys", "validate", &id], None);
+    assert!(good, "{err}");
+    id
 }

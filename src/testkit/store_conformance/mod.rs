@@ -1,7 +1,7 @@
 //! The conformance suites every store must pass, like [`conformance`](super::conformance) for
 //! KMS backends: [`dek_store`] for a [`DekStore`](crate::DekStore), [`control_store`] for a
 //! [`ControlStore`](crate::control::ControlStore). Each check panics with a message naming what
-//! went wrong; the single checks are public in [`dek`] and [`control`].
+//! went wrong; the single checks are public in [`dek`], [`control`] and [`races`].
 //!
 //! A suite takes `open`, which opens the store under test over the *same* backing state each time
 //! it is called (the same directory, the same database; for an in-memory store, the same
@@ -22,6 +22,7 @@
 
 pub mod control;
 pub mod dek;
+pub mod races;
 
 pub use control::control_store;
 pub use dek::dek_store;
