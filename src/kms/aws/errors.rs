@@ -2,6 +2,7 @@
 
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::operation::RequestId;
+use aws_sdk_sts::operation::assume_role::AssumeRoleError;
 
 use crate::error::{Error, ErrorKind};
 
@@ -100,10 +101,14 @@ const NETWORK_FAILURES: [&str; 5] = [
 ];
 
 /// Credential problems (AssumeRole refused, no credentials) surface as dispatch or construction
-/// failures whose only trace is the error chain's text.
+/// failures. An AssumeRole answer is read by type from the error chain; other providers leave
+/// only the chain's text.
 fn credential_kind<E: std::error::Error + 'static>(
     err: &SdkError<E, aws_sdk_kms::config::http::HttpResponse>,
 ) -> Option<ErrorKind> {
+    if let Some(kind) = assume_role_kind(err) {
+        return Some(kind);
+    }
     let text = DisplayErrorContext(err).to_string();
     if text.contains("AccessDenied") {
         Some(ErrorKind::PermissionDenied)
@@ -121,9 +126,96 @@ fn credential_kind<E: std::error::Error + 'static>(
     }
 }
 
+/// The kind of the AssumeRole failure somewhere in `err`'s chain: an STS outage (5xx, no
+/// answer) is transient like a KMS outage, not a credentials problem.
+fn assume_role_kind(err: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+    let mut next = Some(err);
+    while let Some(current) = next {
+        if let Some(sts) = current.downcast_ref::<StsError>() {
+            return Some(kind_of_assume_role(sts));
+        }
+        next = current.source();
+    }
+    None
+}
+
+type StsError = aws_sdk_sts::error::SdkError<AssumeRoleError>;
+
+fn kind_of_assume_role(err: &StsError) -> ErrorKind {
+    let SdkError::ServiceError(service) = err else {
+        // Timeouts, refused connections and unreadable answers.
+        return ErrorKind::Transient;
+    };
+    let code = service.err().code().unwrap_or("");
+    match code {
+        "Throttling" | "ThrottlingException" => ErrorKind::Throttled,
+        "RegionDisabledException"
+        | "MalformedPolicyDocument"
+        | "MalformedPolicyDocumentException" => ErrorKind::Configuration,
+        _ if code.contains("AccessDenied") => ErrorKind::PermissionDenied,
+        _ if service.raw().status().is_server_error() => ErrorKind::Transient,
+        _ => match kind_of_code(code) {
+            ErrorKind::InvalidInput => ErrorKind::Unauthenticated,
+            kind => kind,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_kms::error::ConnectorError;
+
+    /// What `aws-config` wraps an AssumeRole failure in (its `CredentialsError` says the same).
+    #[derive(Debug)]
+    struct LoadingCredentials(aws_sdk_sts::error::SdkError<AssumeRoleError>);
+
+    impl std::fmt::Display for LoadingCredentials {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an error occurred while loading credentials")
+        }
+    }
+
+    impl std::error::Error for LoadingCredentials {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// A KMS call that failed because AssumeRole got `status` with error `code` from STS.
+    fn assume_role_failed(status: u16, code: &str) -> Error {
+        let meta = aws_sdk_kms::error::ErrorMetadata::builder()
+            .code(code)
+            .message("from the test")
+            .build();
+        let response = aws_sdk_sts::config::http::HttpResponse::new(
+            status.try_into().unwrap(),
+            "<ErrorResponse/>".into(),
+        );
+        let sts =
+            aws_sdk_sts::error::SdkError::service_error(AssumeRoleError::generic(meta), response);
+        let connector = ConnectorError::other(Box::new(LoadingCredentials(sts)), None);
+        let kms: SdkError<aws_sdk_kms::operation::encrypt::EncryptError> =
+            SdkError::dispatch_failure(connector);
+        map("Encrypt", "arn:aws:kms:us-east-1:111122223333:key/k", &kms)
+    }
+
+    #[test]
+    fn assume_role_failures_keep_what_sts_said() {
+        for (status, code, kind) in [
+            (500, "InternalFailure", ErrorKind::Transient),
+            (503, "ServiceUnavailable", ErrorKind::Transient),
+            (500, "", ErrorKind::Transient),
+            (400, "Throttling", ErrorKind::Throttled),
+            (403, "AccessDenied", ErrorKind::PermissionDenied),
+            (403, "ExpiredToken", ErrorKind::Unauthenticated),
+            (403, "InvalidClientTokenId", ErrorKind::Unauthenticated),
+            (400, "RegionDisabledException", ErrorKind::Configuration),
+        ] {
+            let err = assume_role_failed(status, code);
+            assert_eq!(err.kind(), kind, "HTTP {status} {code}: {err}");
+        }
+    }
 
     #[test]
     fn codes_map_onto_kinds() {
