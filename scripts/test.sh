@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/emulators
-packages=("moto[server]==5.2.5" "drongo==0.8.0" "google-crc32c")
-if ! "$venv/bin/python" -c "import moto, flask, drongo" >/dev/null 2>&1; then
+packages=("moto[server]==5.2.5" "drongo==0.8.0" "google-crc32c" "cryptography==50.0.2")
+if ! "$venv/bin/python" -c "import moto, flask, drongo, cryptography.cobblestone" >/dev/null 2>&1; then
   echo "installing ${packages[*]} into $venv" >&2
   mkdir -p target
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
@@ -52,6 +52,8 @@ wait_for "$drongo_port"
 export CMEK_TEST_MOTO_URL="http://127.0.0.1:$moto_port"
 export CMEK_TEST_DRONGO_URL="http://127.0.0.1:$drongo_port"
 export CMEK_REQUIRE_EMULATORS=1
+# An independent Cobblestone implementation (pyca/cryptography) for tests/cobblestone.rs.
+export CMEK_TEST_PYTHON="$PWD/$venv/bin/python"
 
 # The unit tests once more without the cloud features: what a default build says when a
 # configuration needs a provider it was built without.

@@ -131,6 +131,102 @@ pub fn seal_with(
     Ok(out)
 }
 
+/// Deterministic streamed envelope (form `0x04` or `0x05`) from given parts, for golden test
+/// vectors: `plaintext` under the DEK `dek` and `record`'s header, with `salt`.
+///
+/// # Errors
+/// Commitment mismatch between `dek` and `record`; a form that is not streamed.
+pub fn seal_streamed_with(
+    dek: &DataKey,
+    record: &DekRecord,
+    form: Form,
+    salt: &[u8; crate::format::SALT_LEN],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>> {
+    if !form.is_streamed() {
+        return Err(crate::Error::invalid_input("not a streamed form"));
+    }
+    let material = DekMaterial::derive_committed(
+        dek,
+        &record.dek_id,
+        record.suite,
+        CipherProvider::default(),
+        &record.commitment,
+    )?;
+    let loaded = LoadedDek::new(record, material);
+    let (head, body) = crate::stream::new_body_with_salt(&loaded, form, salt, aad)?;
+    seal_body(head, body, plaintext)
+}
+
+fn seal_body(head: Vec<u8>, body: crate::stream::BodyKey, plaintext: &[u8]) -> Result<Vec<u8>> {
+    let mut encryptor = crate::stream::StreamEncryptor::new(
+        head,
+        body,
+        Box::new(crate::stream::Unlimited),
+        u64::MAX,
+    );
+    let mut out = Vec::new();
+    encryptor.update(plaintext, &mut out)?;
+    encryptor.finish(&mut out)?;
+    Ok(out)
+}
+
+/// A raw Cobblestone-256 message (salt, commitment, chunks) of `plaintext` under `input_key`
+/// with `salt` and `context`: the body of streamed envelopes, for Wycheproof and
+/// interoperability tests.
+///
+/// # Errors
+/// Never for valid inputs.
+pub fn cobblestone_seal(
+    provider: CipherProvider,
+    input_key: &[u8; 32],
+    salt: &[u8; crate::format::SALT_LEN],
+    context: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>> {
+    let (body, commitment) = crate::stream::BodyKey::derive(provider, input_key, salt, context)?;
+    let mut head = salt.to_vec();
+    head.extend_from_slice(&commitment);
+    seal_body(head, body, plaintext)
+}
+
+/// Opens a raw Cobblestone-256 message sealed under `input_key` with `context`, through the
+/// same streaming decryptor as streamed envelopes, feeding it `piece`-byte pieces. Returns
+/// the plaintext it released (all of it, or what came before a failure) and the outcome.
+pub fn cobblestone_open(
+    provider: CipherProvider,
+    input_key: &[u8; 32],
+    context: &[u8],
+    message: &[u8],
+    piece: usize,
+) -> (Vec<u8>, Result<()>) {
+    use crate::format::{COMMITMENT_LEN, SALT_LEN};
+    let mut out = Vec::new();
+    let outcome = (|| {
+        if message.len() < SALT_LEN + COMMITMENT_LEN {
+            return Err(crate::Error::invalid_input("truncated streamed envelope"));
+        }
+        let (salt, rest) = message.split_at(SALT_LEN);
+        let (commitment, chunks) = rest.split_at(COMMITMENT_LEN);
+        let body = crate::stream::BodyKey::open(
+            provider,
+            input_key,
+            salt.try_into().map_err(|_| crate::Error::integrity())?,
+            context,
+            commitment
+                .try_into()
+                .map_err(|_| crate::Error::integrity())?,
+        )?;
+        let mut decryptor = crate::stream::StreamDecryptor::new(body);
+        for part in chunks.chunks(piece.max(1)) {
+            decryptor.update(part, &mut out)?;
+        }
+        decryptor.finish(&mut out)
+    })();
+    (out, outcome)
+}
+
 /// Builds a DEK record for `dek` (computing its commitment) around an already wrapped key.
 ///
 /// # Errors

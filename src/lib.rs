@@ -16,6 +16,7 @@ mod ids;
 mod key;
 pub mod kms;
 pub mod store;
+pub mod stream;
 mod telemetry;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]

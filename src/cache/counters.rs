@@ -48,11 +48,17 @@ pub(crate) struct Counters {
     pub(crate) refreshes: AtomicU64,
     pub(crate) evictions: std::sync::Arc<AtomicU64>,
     pub(crate) revocations_detected: AtomicU64,
+    /// Chunks decrypted by range reads.
+    pub(crate) range_chunks: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn add_range_chunks(&self, n: u64) {
+        self.range_chunks.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -70,6 +76,7 @@ impl Counters {
             revocations_detected: self.revocations_detected.load(Relaxed),
             encrypt_entries: 0,
             decrypt_entries: 0,
+            range_chunks_opened: self.range_chunks.load(Relaxed),
         }
     }
 }

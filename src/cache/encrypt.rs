@@ -21,6 +21,16 @@ pub(crate) struct EncryptLimits {
 }
 
 impl EncryptLimits {
+    /// The longest plaintext one streamed object may have under a DEK.
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// How old a DEK gets before a replacement is prepared.
+    pub(crate) fn refresh_age(&self) -> Duration {
+        self.refresh_age
+    }
+
     fn new(c: &CacheConfig) -> Self {
         let f = c.refresh_fraction;
         // At 1 a DEK is used up before any refresh would be due: refresh-ahead is off.
@@ -160,6 +170,18 @@ impl ActiveDek {
         let _ = self.expires_at.fetch_update(Relaxed, Relaxed, |at| {
             (at != RETIRED).then(|| at.max(until.as_u64()))
         });
+    }
+
+    /// Counts `len` more bytes of a streamed object whose one message was reserved when it
+    /// started. False once the DEK is retired: the stream must stop. (The byte limit is not
+    /// checked here: an object in progress is never cut by other traffic; the DEK takes no
+    /// new message once it is over the limit.)
+    pub(crate) fn add_stream_bytes(&self, len: u64) -> bool {
+        if self.expires_at.load(Relaxed) == RETIRED {
+            return false;
+        }
+        self.bytes.fetch_add(len, Relaxed);
+        true
     }
 
     /// Messages granted so far.

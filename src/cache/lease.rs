@@ -19,10 +19,6 @@ pub(crate) struct EncryptionLease {
     limits: EncryptLimits,
 }
 
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "its first user is the streaming writer, next")
-)]
 impl EncryptionLease {
     pub(crate) fn new(active: Arc<ActiveDek>, limits: EncryptLimits) -> Self {
         Self { active, limits }
@@ -37,6 +33,22 @@ impl EncryptionLease {
     /// reached a limit or was retired: seal nothing more under it.
     pub(crate) fn reserve(&self, len: u64) -> Reservation {
         self.active.reserve(len, Instant::now(), &self.limits)
+    }
+
+    /// Counts `len` more bytes of the streamed object this lease writes; false once the DEK
+    /// was retired.
+    pub(crate) fn add_stream_bytes(&self, len: u64) -> bool {
+        self.active.add_stream_bytes(len)
+    }
+
+    /// The limits the DEK is held to.
+    pub(crate) fn limits(&self) -> &EncryptLimits {
+        &self.limits
+    }
+
+    /// The leased DEK's place in the cache.
+    pub(crate) fn active(&self) -> &Arc<ActiveDek> {
+        &self.active
     }
 }
 

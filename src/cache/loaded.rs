@@ -31,8 +31,8 @@ impl LoadedDek {
             material,
             header_digest: sha256(&[&header]),
             header: header.into_boxed_slice(),
-            compact_digest: compact_digest(record),
-            compact_preamble: record.compact_header(),
+            compact_digest: compact_digest(record, Form::Compact),
+            compact_preamble: record.compact_header(Form::Compact),
         }
     }
 

@@ -145,6 +145,8 @@ pub struct Stats {
     pub encrypt_entries: u64,
     /// Cached decryption DEKs now.
     pub decrypt_entries: u64,
+    /// Chunks of streamed objects decrypted by [`Client::decrypt_range`](crate::Client::decrypt_range).
+    pub range_chunks_opened: u64,
 }
 
 impl Stats {

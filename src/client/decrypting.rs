@@ -55,15 +55,16 @@ impl Inner {
     ) -> Result<Arc<OpenDek>> {
         Counters::bump(&self.counters.decrypt_misses);
         let (source, inline) = match pre.form {
-            Form::SelfContained => {
+            Form::SelfContained | Form::Streamed => {
                 let (_, record, used) = DekRecord::decode(envelope)?;
                 if record.compartment != *compartment {
                     return Err(Error::integrity());
                 }
-                (
-                    DekSource::Inline(sha256(&[&envelope[..used]])),
-                    Some(record),
-                )
+                // A streamed header is told from the self-contained one by its form byte
+                // only: both name the DEK by the digest of its self-contained header.
+                let mut header = envelope[..used].to_vec();
+                header[2] = Form::SelfContained as u8;
+                (DekSource::Inline(sha256(&[&header])), Some(record))
             }
             _ => (DekSource::Stored(compartment.clone()), None),
         };

@@ -44,10 +44,6 @@ impl Inner {
 
     /// A lease on the encryption DEK of `compartment` (made within `deadline` when none is
     /// usable), for a writer that reserves its budget as it goes; see [`EncryptionLease`].
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "its first user is the streaming writer, next")
-    )]
     pub(super) async fn encryption_lease(
         self: &Arc<Self>,
         compartment: &CompartmentId,
@@ -259,7 +255,7 @@ impl Inner {
     }
 
     /// Starts preparing the next DEK in the background, once per DEK.
-    fn refresh_encryption_dek(
+    pub(super) fn refresh_encryption_dek(
         self: &Arc<Self>,
         compartment: &CompartmentId,
         active: &Arc<ActiveDek>,

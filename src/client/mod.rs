@@ -11,6 +11,7 @@ mod decrypting;
 mod encrypting;
 mod inner;
 mod seal;
+mod streams;
 
 use std::fmt;
 use std::sync::Arc;

@@ -61,6 +61,9 @@ pub(super) fn open_into(
     aad: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    if form.is_streamed() {
+        return open_streamed_into(dek, form, envelope, aad, out);
+    }
     let (header, digest) = dek.header_for(form);
     let body = split_body(&envelope[header.len()..])?;
     overwrite_len(out, body.ciphertext.len());
@@ -71,6 +74,31 @@ pub(super) fn open_into(
     })
 }
 
+/// Decrypts a whole streamed envelope held in memory into `out`.
+fn open_streamed_into(
+    dek: &LoadedDek,
+    form: Form,
+    envelope: &[u8],
+    aad: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let header_len = match crate::format::stream_header_len(envelope)? {
+        Ok(len) => len,
+        Err(_) => return Err(Error::invalid_input("truncated streamed envelope")),
+    };
+    let layout = crate::format::StreamLayout::new(header_len as u64, envelope.len() as u64)?;
+    let body = crate::stream::open_body(dek, form, envelope, header_len, aad)?;
+    let plaintext_len = usize::try_from(layout.plaintext_len())
+        .map_err(|_| Error::invalid_input("streamed envelope too long for memory"))?;
+    overwrite_len(out, plaintext_len);
+    let mut decryptor = crate::stream::StreamDecryptor::new(body);
+    let chunks = &envelope[header_len + crate::format::BODY_PREFIX_LEN..];
+    let full = decryptor.update_into(chunks, out)?;
+    let last = decryptor.finish_into(&mut out[full..])?;
+    debug_assert_eq!(full + last, plaintext_len);
+    Ok(())
+}
+
 /// Decrypts the body of `envelope` in place; returns where the plaintext is.
 #[inline]
 pub(super) fn open_in_place(
@@ -79,6 +107,11 @@ pub(super) fn open_in_place(
     envelope: &mut [u8],
     aad: &[u8],
 ) -> Result<std::ops::Range<usize>> {
+    if form.is_streamed() {
+        return Err(Error::invalid_input(
+            "a streamed envelope does not decrypt in place: use decrypt, a reader or decrypt_range",
+        ));
+    }
     let (header, digest) = dek.header_for(form);
     let body = split_body_in_place(&mut envelope[header.len()..])?;
     let range = body.ciphertext_range();
@@ -100,11 +133,21 @@ pub(super) fn peek_envelope(envelope: &[u8]) -> Result<Preamble> {
     Ok(pre)
 }
 
-/// Whether `envelope` carries exactly `dek`'s header (always true for compact envelopes, whose
-/// only header field, the DEK id, is the cache key).
+/// Whether `envelope` carries exactly `dek`'s header (always true for compact forms, whose
+/// only header field, the DEK id, is the cache key; a streamed header differs from the
+/// self-contained one in its form byte only).
 #[inline]
 pub(super) fn header_fits(dek: &LoadedDek, envelope: &[u8], form: Form) -> bool {
-    form == Form::Compact || envelope.starts_with(&dek.header)
+    match form {
+        Form::Compact | Form::StreamedCompact => true,
+        Form::Streamed => {
+            let header = &dek.header;
+            envelope.len() >= header.len()
+                && envelope[..2] == header[..2]
+                && envelope[3..header.len()] == header[3..]
+        }
+        _ => envelope.starts_with(&dek.header),
+    }
 }
 
 /// Sets `out`'s length to `len` without zero-filling bytes that are about to be overwritten

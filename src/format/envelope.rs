@@ -158,8 +158,29 @@ pub struct EnvelopeInfo {
     pub wrapped_dek_len: Option<usize>,
     /// Header length in bytes (everything before the nonce).
     pub header_len: usize,
-    /// Ciphertext length, equal to the plaintext length (absent for DEK records).
+    /// Ciphertext length, equal to the plaintext length (absent for DEK records and streamed
+    /// envelopes).
     pub ciphertext_len: Option<usize>,
+    /// The body of a streamed envelope (absent for the other forms).
+    pub stream: Option<StreamInfo>,
+}
+
+/// What the body of a streamed envelope says, for humans and tools.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct StreamInfo {
+    /// The body construction: `Cobblestone-256`.
+    pub body: &'static str,
+    /// Plaintext bytes per chunk (16384); the final chunk holds fewer.
+    pub chunk_len: usize,
+    /// Chunks, the final one included.
+    pub chunks: u64,
+    /// Plaintext length (as the object's length says; authenticated by its final chunk).
+    pub plaintext_len: u64,
+    /// The body's salt, hex.
+    pub salt: String,
+    /// The body's commitment, hex.
+    pub body_commitment: String,
 }
 
 /// Parses an envelope's or DEK record's header.
@@ -182,8 +203,9 @@ pub fn inspect(bytes: &[u8]) -> Result<EnvelopeInfo> {
         wrapped_dek_len: None,
         header_len: Preamble::LEN,
         ciphertext_len: None,
+        stream: None,
     };
-    if pre.form != Form::Compact {
+    if pre.form.carries_record() {
         let (_, record, used) = DekRecord::decode(bytes)?;
         info.compartment_id = Some(record.compartment.to_string());
         info.key_config_id = Some(record.key_config.to_string());
@@ -199,6 +221,19 @@ pub fn inspect(bytes: &[u8]) -> Result<EnvelopeInfo> {
             if info.header_len != bytes.len() {
                 return Err(Error::invalid_input("trailing bytes after DEK record"));
             }
+        }
+        Form::Streamed | Form::StreamedCompact => {
+            let layout = super::StreamLayout::new(info.header_len as u64, bytes.len() as u64)?;
+            let prefix = &bytes[info.header_len..info.header_len + super::BODY_PREFIX_LEN];
+            let (salt, commitment) = prefix.split_at(super::SALT_LEN);
+            info.stream = Some(StreamInfo {
+                body: "Cobblestone-256",
+                chunk_len: super::CHUNK_LEN,
+                chunks: layout.chunk_count(),
+                plaintext_len: layout.plaintext_len(),
+                salt: hex_encode(salt),
+                body_commitment: hex_encode(commitment),
+            });
         }
         _ => info.ciphertext_len = Some(split_body(&bytes[info.header_len..])?.ciphertext.len()),
     }

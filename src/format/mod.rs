@@ -5,15 +5,23 @@
 //! * a **self-contained envelope**: preamble, [`DekRecord`] fields, nonce, ciphertext, tag;
 //! * a **compact envelope**: preamble, DEK id, nonce, ciphertext, tag (48 bytes of overhead);
 //! * a **DEK record**: preamble and the [`DekRecord`] fields, stored once per DEK for compact envelopes.
+//! * a **streamed envelope** and a **compact streamed envelope**: either header, then a
+//!   Cobblestone-256 body in 16 KiB chunks ([`StreamLayout`] says where each byte lies).
 
 mod envelope;
 mod record;
+mod stream;
 
-pub use envelope::{EnvelopeInfo, inspect};
+pub use envelope::{EnvelopeInfo, StreamInfo, inspect};
 pub(crate) use envelope::{
     Preamble, envelope_len, split_body, split_body_in_place, split_body_mut, write_head,
 };
 pub use record::DekRecord;
+pub(crate) use stream::header_len as stream_header_len;
+pub use stream::{
+    BODY_PREFIX_LEN, CHUNK_LEN, COMPACT_STREAM_HEADER_LEN, MAX_CHUNKS, SALT_LEN, SEALED_CHUNK_LEN,
+    StreamLayout, ciphertext_ranges,
+};
 
 use crate::error::{Error, Result};
 
@@ -51,6 +59,23 @@ pub enum Form {
     Compact = 0x02,
     /// A stored DEK record.
     DekRecord = 0x03,
+    /// A streamed object (Cobblestone-256 body in 16 KiB chunks) with the wrapped DEK inline.
+    Streamed = 0x04,
+    /// A streamed object naming its DEK by id only (the record is in the `DekStore`): the form
+    /// for objects, since a rewrap then never rewrites them.
+    StreamedCompact = 0x05,
+}
+
+impl Form {
+    /// Whether its header carries the DEK record fields (wrapped DEK, compartment, ...).
+    pub fn carries_record(self) -> bool {
+        matches!(self, Self::SelfContained | Self::DekRecord | Self::Streamed)
+    }
+
+    /// Whether its body is chunked (forms `0x04` and `0x05`).
+    pub fn is_streamed(self) -> bool {
+        matches!(self, Self::Streamed | Self::StreamedCompact)
+    }
 }
 
 impl Form {
@@ -59,6 +84,8 @@ impl Form {
             0x01 => Ok(Self::SelfContained),
             0x02 => Ok(Self::Compact),
             0x03 => Ok(Self::DekRecord),
+            0x04 => Ok(Self::Streamed),
+            0x05 => Ok(Self::StreamedCompact),
             other => Err(Error::invalid_input(format!(
                 "unknown envelope form 0x{other:02x}"
             ))),

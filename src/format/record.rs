@@ -129,7 +129,7 @@ impl DekRecord {
     /// Parses a header in self-contained or record form; returns it and the bytes consumed.
     pub(crate) fn decode(bytes: &[u8]) -> Result<(Form, Self, usize)> {
         let pre = super::Preamble::peek(bytes)?;
-        if pre.form == Form::Compact {
+        if !pre.form.carries_record() {
             return Err(Error::invalid_input(
                 "a compact envelope holds no DEK record",
             ));
@@ -166,30 +166,51 @@ impl DekRecord {
         Ok((pre.form, record, r.pos))
     }
 
-    /// What compact envelopes under this DEK authenticate (through its SHA-256): their preamble,
-    /// the DEK id, the compartment and the commitment. It leaves the wrapping (key configuration,
-    /// provider, key id and version, wrapped DEK) out so a rewrap keeps data readable.
-    pub(crate) fn compact_binding(&self) -> Vec<u8> {
+    /// What compact envelopes of `form` (`0x02` or `0x05`) under this DEK authenticate (through
+    /// its SHA-256): their preamble, the DEK id, the compartment and the commitment. It leaves
+    /// the wrapping (key configuration, provider, key id and version, wrapped DEK) out so a
+    /// rewrap keeps data readable.
+    pub(crate) fn compact_binding(&self, form: Form) -> Vec<u8> {
         let compartment = self.compartment.as_str().as_bytes();
         let mut out =
             Vec::with_capacity(PREAMBLE_LEN + DEK_ID_LEN + 1 + compartment.len() + COMMITMENT_LEN);
-        out.extend_from_slice(&self.compact_header());
+        out.extend_from_slice(&self.compact_header(form));
         put_u8_str(&mut out, self.compartment.as_str());
         out.extend_from_slice(&self.commitment);
         out
     }
 
-    /// The header of compact envelopes under this DEK: their preamble and the DEK id.
-    pub(crate) fn compact_header(&self) -> [u8; PREAMBLE_LEN + DEK_ID_LEN] {
+    /// The header of compact envelopes of `form` under this DEK: their preamble and the DEK id.
+    pub(crate) fn compact_header(&self, form: Form) -> [u8; PREAMBLE_LEN + DEK_ID_LEN] {
         let mut out = [0u8; PREAMBLE_LEN + DEK_ID_LEN];
-        out[..PREAMBLE_LEN].copy_from_slice(&[
-            MAGIC,
-            VERSION,
-            Form::Compact as u8,
-            self.suite as u8,
-        ]);
+        out[..PREAMBLE_LEN].copy_from_slice(&[MAGIC, VERSION, form as u8, self.suite as u8]);
         out[PREAMBLE_LEN..].copy_from_slice(&self.dek_id.to_bytes());
         out
+    }
+}
+
+/// The length of the record fields' header at the start of `bytes` (self-contained, streamed
+/// or record form), read from its length prefixes alone; `Err(n)` while `bytes` ends inside
+/// it, where `n` is how many bytes it needs at least to say more. [`DekRecord::decode`] still
+/// checks every field.
+pub(crate) fn header_len(bytes: &[u8]) -> std::result::Result<usize, usize> {
+    let u8_at = |pos: usize| bytes.get(pos).map(|&b| usize::from(b)).ok_or(pos + 1);
+    let u16_at = |pos: usize| match bytes.get(pos..pos + 2) {
+        Some(b) => Ok(usize::from(u16::from_be_bytes([b[0], b[1]]))),
+        None => Err(pos + 2),
+    };
+    let mut pos = PREAMBLE_LEN + DEK_ID_LEN;
+    pos += 1 + u8_at(pos)?; // compartment id
+    pos += 1 + u8_at(pos)?; // key configuration id
+    pos += 1; // provider
+    pos += 2 + u16_at(pos)?; // backend key id
+    pos += 1 + u8_at(pos)?; // backend key version
+    pos += COMMITMENT_LEN;
+    pos += 2 + u16_at(pos)?; // wrapped DEK
+    if pos <= bytes.len() {
+        Ok(pos)
+    } else {
+        Err(pos)
     }
 }
 
@@ -268,5 +289,18 @@ mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert!(DekRecord::from_bytes(&long).is_err());
+    }
+
+    #[test]
+    fn header_len_reads_the_length_prefixes() {
+        let bytes = sample().to_bytes();
+        for n in 0..bytes.len() {
+            let needed = header_len(&bytes[..n]).unwrap_err();
+            assert!(needed > n && needed <= bytes.len(), "{n}: {needed}");
+        }
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0u8; 9]);
+        assert_eq!(header_len(&bytes), Ok(bytes.len()));
+        assert_eq!(header_len(&longer), Ok(bytes.len()));
     }
 }
