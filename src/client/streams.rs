@@ -90,8 +90,7 @@ impl Client {
     /// plaintext.
     ///
     /// # Errors
-    /// As for [`Client::stream_decryptor`]; [`Io`](crate::ErrorKind::Io) if the head cannot
-    /// be read.
+    /// As for [`Client::stream_decryptor`]; the I/O error if the head cannot be read.
     pub async fn decrypting_reader<R: AsyncRead + Unpin>(
         &self,
         compartment: &CompartmentId,

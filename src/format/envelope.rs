@@ -188,6 +188,17 @@ pub struct StreamInfo {
 /// # Errors
 /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if it is not a well-formed cmek envelope.
 pub fn inspect(bytes: &[u8]) -> Result<EnvelopeInfo> {
+    inspect_prefix(bytes, bytes.len() as u64)
+}
+
+/// Parses the header of an envelope of `total_len` bytes from its first bytes, `prefix` (at
+/// least its header, and for a streamed envelope the salt and commitment after it): for files
+/// too large to read whole.
+///
+/// # Errors
+/// As for [`inspect`], and for a `prefix` shorter than what it must hold.
+pub fn inspect_prefix(prefix: &[u8], total_len: u64) -> Result<EnvelopeInfo> {
+    let bytes = prefix;
     let pre = Preamble::peek(bytes)?;
     let mut info = EnvelopeInfo {
         format_version: VERSION,
@@ -218,13 +229,15 @@ pub fn inspect(bytes: &[u8]) -> Result<EnvelopeInfo> {
     }
     match pre.form {
         Form::DekRecord => {
-            if info.header_len != bytes.len() {
+            if info.header_len as u64 != total_len {
                 return Err(Error::invalid_input("trailing bytes after DEK record"));
             }
         }
         Form::Streamed | Form::StreamedCompact => {
-            let layout = super::StreamLayout::new(info.header_len as u64, bytes.len() as u64)?;
-            let prefix = &bytes[info.header_len..info.header_len + super::BODY_PREFIX_LEN];
+            let layout = super::StreamLayout::new(info.header_len as u64, total_len)?;
+            let prefix = bytes
+                .get(info.header_len..info.header_len + super::BODY_PREFIX_LEN)
+                .ok_or_else(|| Error::invalid_input("truncated streamed envelope"))?;
             let (salt, commitment) = prefix.split_at(super::SALT_LEN);
             info.stream = Some(StreamInfo {
                 body: "Cobblestone-256",
@@ -235,7 +248,14 @@ pub fn inspect(bytes: &[u8]) -> Result<EnvelopeInfo> {
                 body_commitment: hex_encode(commitment),
             });
         }
-        _ => info.ciphertext_len = Some(split_body(&bytes[info.header_len..])?.ciphertext.len()),
+        _ => {
+            let overhead = (info.header_len + NONCE_LEN + TAG_LEN) as u64;
+            let len = total_len
+                .checked_sub(overhead)
+                .ok_or_else(|| Error::invalid_input("truncated envelope"))?;
+            info.ciphertext_len =
+                Some(usize::try_from(len).map_err(|_| Error::invalid_input("envelope too long"))?);
+        }
     }
     Ok(info)
 }

@@ -12,7 +12,7 @@ mod envelope;
 mod record;
 mod stream;
 
-pub use envelope::{EnvelopeInfo, StreamInfo, inspect};
+pub use envelope::{EnvelopeInfo, StreamInfo, inspect, inspect_prefix};
 pub(crate) use envelope::{
     Preamble, envelope_len, split_body, split_body_in_place, split_body_mut, write_head,
 };

@@ -80,7 +80,7 @@ impl FileSource {
     /// Opens `path` for range reads.
     ///
     /// # Errors
-    /// [`Io`](crate::ErrorKind::Io) if it cannot be opened.
+    /// The I/O error, as an [`Error`] of the matching kind, if it cannot be opened.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_owned();
         crate::files::blocking(move || {

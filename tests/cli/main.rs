@@ -3,4 +3,5 @@
 mod control_plane;
 mod envelopes;
 mod mistakes;
+mod streams;
 mod support;

@@ -30,10 +30,11 @@ pub(crate) enum Command {
         #[arg(long)]
         key_file: PathBuf,
     },
-    /// Encrypts a file or stdin into an envelope.
+    /// Encrypts a file or stdin into an envelope (a streamed one, in constant memory, from
+    /// 1 MiB on or with --stream).
     Encrypt(EncryptArgs),
-    /// Decrypts an envelope from a file or stdin.
-    Decrypt(CryptArgs),
+    /// Decrypts an envelope from a file or stdin (streamed ones in constant memory).
+    Decrypt(DecryptArgs),
     /// Prints an envelope's header as JSON; needs no key.
     Inspect {
         /// The envelope file (stdin if absent or `-`).
@@ -205,6 +206,20 @@ pub(crate) struct EncryptArgs {
     /// Write a compact envelope (its DEK record goes to --dek-store, or the state's records).
     #[arg(long)]
     pub(crate) compact: bool,
+    /// Write a streamed envelope whatever the input's size (16 KiB chunks, range reads).
+    #[arg(long)]
+    pub(crate) stream: bool,
+}
+
+/// `cmek decrypt`: the common arguments and an optional range.
+#[derive(Debug, Args)]
+pub(crate) struct DecryptArgs {
+    #[command(flatten)]
+    pub(crate) common: CryptArgs,
+    /// Decrypt only these plaintext bytes of a streamed envelope file: `START-END`
+    /// (inclusive), `START-` or `-N` (the last N); reads only the chunks they need.
+    #[arg(long, requires = "input", allow_hyphen_values = true)]
+    pub(crate) range: Option<String>,
 }
 
 #[derive(Debug, Args)]

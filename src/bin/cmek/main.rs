@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod demo;
+mod streaming;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use cmek::stream::StreamForm;
 use cmek::{Client, CompartmentId, FileDekStore, KeyConfigId, LocalKms};
 
 use cli::{Cli, Command, CryptArgs};
@@ -70,6 +72,7 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
         Command::Encrypt(cli::EncryptArgs {
             common: args,
             compact,
+            stream,
         }) => {
             if compact && args.state.is_none() && args.dek_store.is_none() {
                 return Err(Error::new(
@@ -80,24 +83,53 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
             refuse_existing(args.output.as_deref(), args.force)?;
             let client = client(&args)?;
             let compartment = CompartmentId::new(&args.compartment)?;
-            let plaintext = read_input(args.input.as_deref())?;
             let aad = args.aad.as_deref().unwrap_or_default().as_bytes();
+            let (mut input, total) = streaming::open_input(args.input.as_deref())?;
+            let first = streaming::read_up_to(&mut input, streaming::STREAM_THRESHOLD)?;
+            if stream || first.len() == streaming::STREAM_THRESHOLD {
+                let form = if compact {
+                    StreamForm::Compact
+                } else {
+                    StreamForm::SelfContained
+                };
+                let output = streaming::Output::create(args.output.as_deref(), args.force)?;
+                return streaming::encrypt(
+                    &client,
+                    &compartment,
+                    aad,
+                    form,
+                    &first,
+                    &mut input,
+                    total,
+                    output,
+                )
+                .await
+                .map(|()| ExitCode::SUCCESS);
+            }
             let envelope = if compact {
-                client
-                    .encrypt_compact(&compartment, &plaintext, aad)
-                    .await?
+                client.encrypt_compact(&compartment, &first, aad).await?
             } else {
-                client.encrypt(&compartment, &plaintext, aad).await?
+                client.encrypt(&compartment, &first, aad).await?
             };
             write_output(args.output.as_deref(), args.force, &envelope)
         }
-        Command::Decrypt(args) => {
+        Command::Decrypt(cli::DecryptArgs {
+            common: args,
+            range,
+        }) => {
             refuse_existing(args.output.as_deref(), args.force)?;
             let client = client(&args)?;
             let compartment = CompartmentId::new(&args.compartment)?;
-            let envelope = read_input(args.input.as_deref())?;
-            let compact =
-                cmek::inspect(&envelope).is_ok_and(|i| i.form == cmek::format::Form::Compact);
+            let aad = args.aad.as_deref().unwrap_or_default().as_bytes();
+            let (mut input, total) = streaming::open_input(args.input.as_deref())?;
+            let first = streaming::read_up_to(&mut input, cmek::format::PREAMBLE_LEN)?;
+            let form = first
+                .get(2)
+                .filter(|_| {
+                    first.len() == cmek::format::PREAMBLE_LEN && first[0] == cmek::format::MAGIC
+                })
+                .copied();
+            let compact = matches!(form, Some(0x02 | 0x05));
             if compact && args.state.is_none() && args.dek_store.is_none() {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
@@ -105,13 +137,39 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
                      encrypted with) or --state",
                 ));
             }
-            let aad = args.aad.as_deref().unwrap_or_default().as_bytes();
+            let output = streaming::Output::create(args.output.as_deref(), args.force)?;
+            if let Some(range) = range {
+                let range = streaming::parse_range(&range)?;
+                let (Some(path), true) = (args.input.as_deref(), matches!(form, Some(0x04 | 0x05)))
+                else {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        "--range reads a streamed envelope file (encrypt it with --stream)",
+                    ));
+                };
+                streaming::decrypt_range(&client, &compartment, aad, path, range, output).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if matches!(form, Some(0x04 | 0x05)) {
+                streaming::decrypt(&client, &compartment, aad, first, &mut input, total, output)
+                    .await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut envelope = first;
+            input.read_to_end(&mut envelope)?;
             let plaintext = client.decrypt(&compartment, &envelope, aad).await?;
-            write_output(args.output.as_deref(), args.force, &plaintext)
+            output.write_all(&plaintext)
         }
         Command::Inspect { input } => {
-            let bytes = read_input(input.as_deref())?;
-            let info = cmek::inspect(&bytes)?;
+            let info = match input.as_deref().filter(|p| *p != Path::new("-")) {
+                Some(path) => {
+                    // Only the head: a streamed file may be far larger than memory.
+                    let (mut file, total) = streaming::open_input(Some(path))?;
+                    let head = streaming::read_up_to(&mut file, 16 << 10)?;
+                    cmek::format::inspect_prefix(&head, total.unwrap_or(head.len() as u64))?
+                }
+                None => cmek::inspect(&read_input(None)?)?,
+            };
             let json = serde_json::to_string_pretty(&info)
                 .map_err(|e| cmek::Error::new(cmek::ErrorKind::Configuration, e.to_string()))?;
             write_output(None, false, format!("{json}\n").as_bytes())
@@ -160,7 +218,7 @@ fn refuse_existing(path: Option<&Path>, force: bool) -> cmek::Result<()> {
     }
 }
 
-fn already_exists(path: &Path) -> Error {
+pub(crate) fn already_exists(path: &Path) -> Error {
     Error::new(
         ErrorKind::AlreadyExists,
         format!("{} exists; give --force to replace it", path.display()),
