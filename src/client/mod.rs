@@ -405,6 +405,11 @@ impl Client {
         aad: &[u8],
     ) -> Result<[u8; TAG_LEN]> {
         let pre = peek_envelope(envelope)?;
+        if pre.form.is_streamed() {
+            return Err(Error::invalid_input(
+                "a streamed envelope has no single tag",
+            ));
+        }
         let open = self
             .inner
             .load_decryption_dek(compartment, envelope, pre, self.deadline())

@@ -93,10 +93,20 @@ fn open_streamed_into(
     overwrite_len(out, plaintext_len);
     let mut decryptor = crate::stream::StreamDecryptor::new(body);
     let chunks = &envelope[header_len + crate::format::BODY_PREFIX_LEN..];
-    let full = decryptor.update_into(chunks, out)?;
-    let last = decryptor.finish_into(&mut out[full..])?;
-    debug_assert_eq!(full + last, plaintext_len);
-    Ok(())
+    let opened = decryptor
+        .update_into(chunks, out)
+        .and_then(|full| Ok(full + decryptor.finish_into(&mut out[full..])?));
+    match opened {
+        Ok(len) => {
+            debug_assert_eq!(len, plaintext_len);
+            Ok(())
+        }
+        Err(e) => {
+            // Every chunk before the failing one opened: wipe them, not only the rest.
+            zeroize::Zeroize::zeroize(out.as_mut_slice());
+            Err(e)
+        }
+    }
 }
 
 /// Decrypts the body of `envelope` in place; returns where the plaintext is.

@@ -25,9 +25,12 @@ impl Client {
     /// [`StreamEncryptor`] (wrap it with `into_writer` or `into_async_writer`).
     ///
     /// The object goes under the compartment's current DEK, as one message whatever its size;
-    /// its bytes count against the DEK's byte limit. Every `encrypt_max_age / 2` or so a long
-    /// stream has the compartment's key checked (in the background), so a key revoked while an
-    /// object is written stops the writer, like other writes.
+    /// its bytes count against the DEK's byte limit. A writer stops at once when its DEK is
+    /// retired (the client learned of a revocation, rotation or deletion, or the compartment
+    /// was purged). Every half refresh age a long stream also asks, in the background, for the
+    /// compartment's current encryption DEK; once that DEK is due for replacement the request
+    /// reaches the KMS, so a key revoked while an object is written stops the writer within
+    /// about one `encrypt_max_age`, like other writes.
     ///
     /// # Errors
     /// As for [`Client::encrypt`]; [`Configuration`](crate::ErrorKind::Configuration) for

@@ -134,13 +134,13 @@ impl StreamLayout {
             return self.object_len..self.object_len;
         }
         let start = self.header_len + BODY_PREFIX_LEN as u64 + index * SEALED;
-        start..(start + SEALED).min(self.object_len)
+        start..start.saturating_add(SEALED).min(self.object_len)
     }
 
     /// The plaintext chunk `index` holds.
     pub fn chunk_plaintext(&self, index: u64) -> Range<u64> {
-        let start = (index * CHUNK).min(self.plaintext_len);
-        start..(start + CHUNK).min(self.plaintext_len)
+        let start = index.saturating_mul(CHUNK).min(self.plaintext_len);
+        start..start.saturating_add(CHUNK).min(self.plaintext_len)
     }
 
     /// The chunks that must be decrypted to answer `plaintext` (clamped to the plaintext

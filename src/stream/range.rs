@@ -74,6 +74,9 @@ fn usize_range(range: &Range<u64>, len: usize) -> Result<Range<usize>> {
 pub struct FileSource {
     file: Arc<std::fs::File>,
     size: u64,
+    /// Without positional reads, a seek and a read must not interleave with another's.
+    #[cfg(not(unix))]
+    cursor: Arc<std::sync::Mutex<()>>,
 }
 
 impl FileSource {
@@ -89,6 +92,8 @@ impl FileSource {
             Ok(Self {
                 file: Arc::new(file),
                 size,
+                #[cfg(not(unix))]
+                cursor: Arc::default(),
             })
         })
         .await
@@ -103,7 +108,13 @@ impl RangeSource for FileSource {
 
     async fn read_ranges(&self, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         let (file, ranges) = (self.file.clone(), ranges.to_vec());
+        #[cfg(not(unix))]
+        let cursor = self.cursor.clone();
         crate::files::blocking(move || {
+            #[cfg(not(unix))]
+            let _cursor = cursor
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?;
             ranges
                 .iter()
                 .map(|r| {
@@ -177,7 +188,6 @@ impl ByteRange {
 /// Bytes of a range read, fetched: the object's head and the span of chunks the range needs.
 pub(crate) struct Fetched {
     pub(crate) layout: StreamLayout,
-    pub(crate) form: Form,
     pub(crate) head: Bytes,
     chunks: Range<u64>,
     span: Bytes,
@@ -193,7 +203,10 @@ impl Fetched {
     /// Opens the chunks and cuts the wanted bytes out of them; returns them and how many
     /// chunks were decrypted.
     pub(crate) fn open(&self, body: &BodyKey) -> Result<(Vec<u8>, u64)> {
-        let mut out = Vec::with_capacity((self.wanted.end - self.wanted.start) as usize);
+        // Wiped if a later chunk fails: no plaintext of a failed read is left behind.
+        let mut out = Zeroizing::new(Vec::with_capacity(
+            (self.wanted.end - self.wanted.start) as usize,
+        ));
         let mut scratch = Zeroizing::new(vec![0u8; CHUNK_LEN]);
         let span_start = self.layout.chunk_range(self.chunks.start).start;
         for index in self.chunks.clone() {
@@ -213,75 +226,116 @@ impl Fetched {
                 );
             }
         }
-        Ok((out, self.chunks.end - self.chunks.start))
+        Ok((
+            std::mem::take(&mut *out),
+            self.chunks.end - self.chunks.start,
+        ))
     }
 }
 
-/// Fetches what reading `range` of the streamed object in `source` needs: one request for a
-/// compact streamed envelope (its header length is known), two or three for form `0x04`.
+/// The most chunk bytes a read fetches on the guess that the object is a compact streamed
+/// envelope (a wrong guess costs no more than this).
+const SPECULATE_MAX: u64 = 256 << 10;
+
+/// How much of the object's start a read fetches when it does not know the header's length.
+const HEAD_GUESS: u64 = 2048;
+
+/// Fetches what reading `range` of the streamed object in `source` needs. On the guess that it
+/// is a compact streamed envelope (the form for objects, whose header length is known), the
+/// head and the chunks come in one request, with the object's first 2 KiB so that a wrong guess
+/// (form `0x04`) usually needs only one more request, for the chunks. A read of more than
+/// 256 KiB of chunks asks for the head first.
 pub(crate) async fn read_range(
     source: &(impl RangeSource + ?Sized),
     range: &ByteRange,
 ) -> Result<Fetched> {
     let size = source.size().await?;
-    // Guess the compact form, the one for objects: its layout needs no byte of the object.
+    let head_guess = 0..HEAD_GUESS.min(size);
+    let mut prefix = None;
     if let Ok(layout) = StreamLayout::compact(size)
-        && let Ok(fetched) = fetch(source, layout, range).await
-        && fetched.form == Form::StreamedCompact
+        && let Ok([head, span]) = layout.ciphertext_ranges(range.resolve(layout.plaintext_len()))
+        && span.end - span.start <= SPECULATE_MAX
     {
-        return Ok(fetched);
+        let first = head.start..head.end.max(head_guess.end);
+        let [first_bytes, span_bytes] = read_two(source, first, span).await?;
+        if Preamble::peek(&first_bytes)?.form == Form::StreamedCompact {
+            let head_bytes = first_bytes.slice(..(head.end - head.start) as usize);
+            return assemble(layout, range, head_bytes, span_bytes);
+        }
+        prefix = Some(first_bytes);
     }
-    let mut head = Vec::new();
+    let mut prefix = match prefix {
+        Some(bytes) => bytes,
+        None => fetch_one(source, head_guess).await?,
+    };
     let header_len = loop {
-        match stream_header_len(&head)? {
+        match stream_header_len(&prefix)? {
             Ok(len) => break len,
-            Err(at_least) => {
-                let want = (at_least.max(1024) as u64).min(size);
-                if want < at_least as u64 {
-                    return Err(Error::invalid_input("truncated streamed envelope"));
-                }
-                head = fetch_one(source, 0..want).await?.to_vec();
+            Err(at_least) if (at_least as u64) <= size => {
+                prefix = fetch_one(source, 0..at_least as u64).await?;
             }
+            Err(_) => return Err(Error::invalid_input("truncated streamed envelope")),
         }
     };
-    fetch(source, StreamLayout::new(header_len as u64, size)?, range).await
+    let layout = StreamLayout::new(header_len as u64, size)?;
+    let [head, span] = layout.ciphertext_ranges(range.resolve(layout.plaintext_len()))?;
+    let head_bytes = if prefix.len() as u64 >= head.end {
+        prefix.slice(..head.end as usize)
+    } else {
+        fetch_one(source, head).await?
+    };
+    let span_bytes = if span.is_empty() {
+        Bytes::new()
+    } else {
+        fetch_one(source, span).await?
+    };
+    assemble(layout, range, head_bytes, span_bytes)
 }
 
-async fn fetch(
-    source: &(impl RangeSource + ?Sized),
-    layout: StreamLayout,
-    range: &ByteRange,
-) -> Result<Fetched> {
+/// The fetched head and chunk span of a read of `range`, checked against `layout`.
+fn assemble(layout: StreamLayout, range: &ByteRange, head: Bytes, span: Bytes) -> Result<Fetched> {
     let wanted = range.resolve(layout.plaintext_len());
     let chunks = layout.chunks_for(wanted.clone())?;
-    let [head, span] = layout.ciphertext_ranges(wanted.clone())?;
-    let mut got = source.read_ranges(&[head.clone(), span.clone()]).await?;
-    let (span_bytes, head_bytes) = match (got.pop(), got.pop()) {
-        (Some(s), Some(h)) => (s, h),
-        _ => return Err(Error::invalid_input("the source returned too few ranges")),
-    };
-    if head_bytes.len() as u64 != head.end - head.start
-        || span_bytes.len() as u64 != span.end - span.start
+    let [head_range, span_range] = layout.ciphertext_ranges(wanted.clone())?;
+    if head.len() as u64 != head_range.end - head_range.start
+        || span.len() as u64 != span_range.end - span_range.start
     {
         return Err(Error::invalid_input("the source returned a short range"));
     }
-    let pre = Preamble::peek(&head_bytes)?;
-    debug_assert!(head_bytes.len() >= layout.header_len() as usize + BODY_PREFIX_LEN);
+    Preamble::peek(&head)?;
+    debug_assert!(head.len() >= layout.header_len() as usize + BODY_PREFIX_LEN);
     Ok(Fetched {
         layout,
-        form: pre.form,
-        head: head_bytes,
+        head,
         chunks,
-        span: span_bytes,
+        span,
         wanted: wanted.start..wanted.end.min(layout.plaintext_len()),
     })
 }
 
+/// Two ranges in one request, each checked for its length.
+async fn read_two(
+    source: &(impl RangeSource + ?Sized),
+    first: Range<u64>,
+    second: Range<u64>,
+) -> Result<[Bytes; 2]> {
+    let got = source.read_ranges(&[first.clone(), second.clone()]).await?;
+    let Ok([a, b]) = <[Bytes; 2]>::try_from(got) else {
+        return Err(Error::invalid_input(
+            "the source returned another number of ranges",
+        ));
+    };
+    if a.len() as u64 != first.end - first.start || b.len() as u64 != second.end - second.start {
+        return Err(Error::invalid_input("the source returned a short range"));
+    }
+    Ok([a, b])
+}
+
 async fn fetch_one(source: &(impl RangeSource + ?Sized), range: Range<u64>) -> Result<Bytes> {
     let len = range.end - range.start;
-    let got = source.read_ranges(&[range]).await?.pop();
-    match got {
-        Some(bytes) if bytes.len() as u64 == len => Ok(bytes),
+    let got = source.read_ranges(&[range]).await?;
+    match <[Bytes; 1]>::try_from(got) {
+        Ok([bytes]) if bytes.len() as u64 == len => Ok(bytes),
         _ => Err(Error::invalid_input("the source returned a short range")),
     }
 }

@@ -36,11 +36,21 @@ pub(super) const BATCH_CHUNKS: usize = 4;
 /// assert_eq!(plaintext, vec![7u8; 100_000]);
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct EncryptingWriter<W> {
     encryptor: StreamEncryptor,
     inner: W,
     buf: Vec<u8>,
+    /// The inner writer failed: chunks may be lost, so the object can no longer be finished.
+    failed: bool,
+}
+
+impl<W> std::fmt::Debug for EncryptingWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptingWriter")
+            .field("encryptor", &self.encryptor)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StreamEncryptor {
@@ -50,21 +60,39 @@ impl StreamEncryptor {
             encryptor: self,
             inner,
             buf: vec![0; BATCH_CHUNKS * SEALED_CHUNK_LEN + super::MAX_HEAD_LEN],
+            failed: false,
         }
     }
 }
 
 impl<W: Write> EncryptingWriter<W> {
+    fn check(&self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other(
+                "an earlier write to the inner writer failed: the object is lost, start again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes `n` bytes of `buf` to the inner writer; a failure ends the object.
+    fn drain(&mut self, n: usize) -> io::Result<()> {
+        let written = self.inner.write_all(&self.buf[..n]);
+        self.failed |= written.is_err();
+        written
+    }
+
     /// Writes the final chunk, flushes and returns the inner writer: the object is complete.
     ///
     /// # Errors
     /// What the encryptor or the inner writer fail with.
     pub fn finish(mut self) -> io::Result<W> {
+        self.check()?;
         let n = self
             .encryptor
             .finish_into(&mut self.buf)
             .map_err(io::Error::other)?;
-        self.inner.write_all(&self.buf[..n])?;
+        self.drain(n)?;
         self.inner.flush()?;
         Ok(self.inner)
     }
@@ -77,12 +105,13 @@ impl<W: Write> EncryptingWriter<W> {
 
 impl<W: Write> Write for EncryptingWriter<W> {
     fn write(&mut self, plaintext: &[u8]) -> io::Result<usize> {
+        self.check()?;
         let take = plaintext.len().min(BATCH_CHUNKS * CHUNK_LEN);
         let n = self
             .encryptor
             .update_into(&plaintext[..take], &mut self.buf)
             .map_err(io::Error::other)?;
-        self.inner.write_all(&self.buf[..n])?;
+        self.drain(n)?;
         Ok(take)
     }
 
@@ -96,7 +125,6 @@ impl<W: Write> Write for EncryptingWriter<W> {
 /// It returns only authenticated bytes; end of file (`Ok(0)`) comes only after the final chunk
 /// was authenticated, so a truncated object ends in an error, never in a short success.
 /// Reads of 16 KiB or more decrypt straight into the caller's buffer.
-#[derive(Debug)]
 pub struct DecryptingReader<R> {
     decryptor: StreamDecryptor,
     inner: R,
@@ -105,7 +133,18 @@ pub struct DecryptingReader<R> {
     plain_at: usize,
     plain_len: usize,
     eof: bool,
-    failed: bool,
+    /// Why an earlier read failed: the stream is over.
+    failed: Option<io::ErrorKind>,
+}
+
+impl<R> std::fmt::Debug for DecryptingReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptingReader")
+            .field("decryptor", &self.decryptor)
+            .field("eof", &self.eof)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StreamDecryptor {
@@ -119,7 +158,7 @@ impl StreamDecryptor {
             plain_at: 0,
             plain_len: 0,
             eof: false,
-            failed: false,
+            failed: None,
         }
     }
 }
@@ -133,14 +172,30 @@ impl<R: Read> Read for DecryptingReader<R> {
                 self.plain_at += n;
                 return Ok(n);
             }
-            if self.failed {
-                return Err(io::Error::other(crate::Error::integrity()));
+            if let Some(kind) = self.failed {
+                return Err(io::Error::new(kind, "the stream failed at an earlier read"));
             }
             if self.eof || buf.is_empty() {
                 return Ok(0);
             }
-            // Any error below ends the stream: a later read must not look like a clean end.
-            self.failed = true;
+            match self.next_chunk(buf) {
+                Ok(Some(n)) => return Ok(n),
+                Ok(None) => {}
+                Err(e) => {
+                    // The stream is over: a later read must not look like a clean end.
+                    self.failed = Some(e.kind());
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> DecryptingReader<R> {
+    /// Reads and opens the next chunk: straight into `buf` when it holds a whole chunk
+    /// (`Some(len)`), else into the reader's own buffer (`None`).
+    fn next_chunk(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        {
             let got = read_full(&mut self.inner, &mut self.sealed)?;
             let (out, direct) = if buf.len() >= CHUNK_LEN {
                 (&mut *buf, true)
@@ -156,11 +211,12 @@ impl<R: Read> Read for DecryptingReader<R> {
                 self.decryptor.update_into(&self.sealed, out)
             }
             .map_err(io::Error::other)?;
-            (self.failed, self.eof) = (false, last);
+            self.eof = last;
             if direct {
-                return Ok(n);
+                return Ok(Some(n));
             }
             (self.plain_at, self.plain_len) = (0, n);
+            Ok(None)
         }
     }
 }

@@ -38,7 +38,6 @@ use crate::format::{BODY_PREFIX_LEN, CHUNK_LEN, SEALED_CHUNK_LEN, stream_header_
 /// assert_eq!(plaintext, b"any number of bytes");
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct AsyncEncryptingWriter<W> {
     encryptor: StreamEncryptor,
     inner: W,
@@ -46,6 +45,16 @@ pub struct AsyncEncryptingWriter<W> {
     buf_at: usize,
     buf_len: usize,
     finished: bool,
+}
+
+impl<W> std::fmt::Debug for AsyncEncryptingWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncEncryptingWriter")
+            .field("encryptor", &self.encryptor)
+            .field("unwritten", &(self.buf_len - self.buf_at))
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StreamEncryptor {
@@ -143,7 +152,6 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for AsyncEncryptingWriter<W> {
 ///
 /// It yields only authenticated bytes, and signals the end only after the final chunk was
 /// authenticated: a truncated object ends in an error, never in a short success.
-#[derive(Debug)]
 pub struct AsyncDecryptingReader<R> {
     decryptor: StreamDecryptor,
     inner: R,
@@ -153,7 +161,18 @@ pub struct AsyncDecryptingReader<R> {
     plain_at: usize,
     plain_len: usize,
     eof: bool,
-    failed: bool,
+    /// Why an earlier read failed: the stream is over.
+    failed: Option<io::ErrorKind>,
+}
+
+impl<R> std::fmt::Debug for AsyncDecryptingReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncDecryptingReader")
+            .field("decryptor", &self.decryptor)
+            .field("eof", &self.eof)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StreamDecryptor {
@@ -169,7 +188,7 @@ impl StreamDecryptor {
             plain_at: 0,
             plain_len: 0,
             eof: false,
-            failed: false,
+            failed: None,
         }
     }
 }
@@ -216,14 +235,17 @@ impl<R: AsyncRead + Unpin> AsyncRead for AsyncDecryptingReader<R> {
                 this.plain_at += n;
                 return Poll::Ready(Ok(()));
             }
-            if this.failed {
-                return Poll::Ready(Err(io::Error::other(crate::Error::integrity())));
+            if let Some(kind) = this.failed {
+                return Poll::Ready(Err(io::Error::new(
+                    kind,
+                    "the stream failed at an earlier read",
+                )));
             }
             if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
             if let Err(e) = ready!(this.poll_next_chunk(cx)) {
-                this.failed = true;
+                this.failed = Some(e.kind());
                 return Poll::Ready(Err(e));
             }
         }

@@ -309,3 +309,49 @@ async fn the_encryptor_shows_no_key_material() {
     assert!(shown.starts_with("StreamEncryptor"), "{shown}");
     assert!(!shown.contains("key:") && shown.len() < 200, "{shown}");
 }
+
+/// A writer that fails its first write after `ok` bytes, then works again.
+struct Flaky {
+    ok: usize,
+    failed: bool,
+    written: Vec<u8>,
+}
+
+impl Write for Flaky {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if !self.failed && self.written.len() + bytes.len() > self.ok {
+            self.failed = true;
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "flaky"));
+        }
+        self.written.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_writer_whose_inner_writer_failed_stays_failed() {
+    let client = client();
+    let tenant = compartment("tenant-a");
+    let encryptor = client
+        .stream_encryptor(&tenant, b"", StreamForm::Compact)
+        .await
+        .unwrap();
+    let mut writer = encryptor.into_writer(Flaky {
+        ok: 20_000,
+        failed: false,
+        written: Vec::new(),
+    });
+    let piece = data(16_384, 8);
+    writer.write_all(&piece).unwrap();
+    assert!(writer.write_all(&piece).is_err(), "the inner writer failed");
+    // Retrying, as one does after a timeout, must not yield an object that cannot decrypt.
+    assert!(
+        writer.write_all(&piece).is_err(),
+        "a retry after a lost chunk"
+    );
+    assert!(writer.finish().is_err(), "finish after a lost chunk");
+}

@@ -33,7 +33,9 @@ pub(crate) enum Command {
     /// Encrypts a file or stdin into an envelope (a streamed one, in constant memory, from
     /// 1 MiB on or with --stream).
     Encrypt(EncryptArgs),
-    /// Decrypts an envelope from a file or stdin (streamed ones in constant memory).
+    /// Decrypts an envelope from a file or stdin (streamed ones in constant memory: to a file,
+    /// written only once the whole object is authenticated; to stdout, chunk by chunk, so a
+    /// truncated object gives a prefix and a failing exit status).
     Decrypt(DecryptArgs),
     /// Prints an envelope's header as JSON; needs no key.
     Inspect {

@@ -111,7 +111,7 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
             } else {
                 client.encrypt(&compartment, &first, aad).await?
             };
-            write_output(args.output.as_deref(), args.force, &envelope)
+            streaming::Output::create(args.output.as_deref(), args.force)?.write_all(&envelope)
         }
         Command::Decrypt(cli::DecryptArgs {
             common: args,
@@ -140,11 +140,11 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
             let output = streaming::Output::create(args.output.as_deref(), args.force)?;
             if let Some(range) = range {
                 let range = streaming::parse_range(&range)?;
-                let (Some(path), true) = (args.input.as_deref(), matches!(form, Some(0x04 | 0x05)))
-                else {
+                let path = args.input.as_deref().filter(|p| *p != Path::new("-"));
+                let (Some(path), true) = (path, matches!(form, Some(0x04 | 0x05))) else {
                     return Err(Error::new(
                         ErrorKind::InvalidInput,
-                        "--range reads a streamed envelope file (encrypt it with --stream)",
+                        "--range reads a streamed envelope file, not stdin (encrypt it with --stream)",
                     ));
                 };
                 streaming::decrypt_range(&client, &compartment, aad, path, range, output).await?;
