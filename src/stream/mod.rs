@@ -14,7 +14,7 @@
 //! DEK id, DEK commitment, and in form `0x04` every header byte) and the caller's AAD, so a
 //! wrong compartment, header or AAD fails the commitment check before any chunk is decrypted.
 //! Each object counts as one message against its DEK, and its bytes against the DEK's byte
-//! limit. [`docs/FORMAT.md`](https://docs.rs/cmek) specifies the bytes.
+//! limit. `docs/FORMAT.md` in the repository specifies the bytes.
 //!
 //! * Write: [`Client::stream_encryptor`](crate::Client::stream_encryptor) gives a sans-I/O
 //!   [`StreamEncryptor`]; wrap it as an [`EncryptingWriter`] (`std::io`) or an
@@ -27,8 +27,8 @@
 //! * Read a range: [`Client::decrypt_range`](crate::Client::decrypt_range) over any
 //!   [`RangeSource`], decrypting only the chunks that cover the range (plus the final chunk
 //!   when the range reaches the end, so the length is authenticated).
-//! * Plan requests: [`StreamLayout`](crate::format::StreamLayout) and
-//!   [`ciphertext_ranges`](crate::format::ciphertext_ranges).
+//! * Plan requests: [`StreamLayout`] and
+//!   [`ciphertext_ranges`].
 
 mod cobblestone;
 mod decryptor;
