@@ -109,14 +109,7 @@ pub fn seal_with(
     plaintext: &[u8],
     aad: &[u8],
 ) -> Result<Vec<u8>> {
-    let material = DekMaterial::derive_committed(
-        dek,
-        &record.dek_id,
-        record.suite,
-        CipherProvider::default(),
-        &record.commitment,
-    )?;
-    let loaded = LoadedDek::new(record, material);
+    let loaded = loaded_dek(dek, record)?;
     let (header, digest) = loaded.header_for(form);
     let mut out = header.to_vec();
     out.extend_from_slice(nonce);
@@ -147,6 +140,13 @@ pub fn seal_streamed_with(
     if !form.is_streamed() {
         return Err(crate::Error::invalid_input("not a streamed form"));
     }
+    let loaded = loaded_dek(dek, record)?;
+    let (head, body) = crate::stream::new_body_with_salt(&loaded, form, salt, aad)?;
+    seal_body(head, body, plaintext)
+}
+
+/// `dek` ready for use under `record`, its commitment checked.
+fn loaded_dek(dek: &DataKey, record: &DekRecord) -> Result<LoadedDek> {
     let material = DekMaterial::derive_committed(
         dek,
         &record.dek_id,
@@ -154,9 +154,7 @@ pub fn seal_streamed_with(
         CipherProvider::default(),
         &record.commitment,
     )?;
-    let loaded = LoadedDek::new(record, material);
-    let (head, body) = crate::stream::new_body_with_salt(&loaded, form, salt, aad)?;
-    seal_body(head, body, plaintext)
+    Ok(LoadedDek::new(record, material))
 }
 
 fn seal_body(head: Vec<u8>, body: crate::stream::BodyKey, plaintext: &[u8]) -> Result<Vec<u8>> {

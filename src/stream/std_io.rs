@@ -243,21 +243,22 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// head; the reader's errors.
 pub fn read_head(reader: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut head = Vec::new();
-    loop {
-        let need = match stream_header_len(&head).map_err(invalid_data)? {
-            Ok(header) => {
-                let total = header + BODY_PREFIX_LEN;
-                if head.len() >= total {
-                    return Ok(head);
-                }
-                total
-            }
-            Err(at_least) => at_least,
-        };
+    while let Some(need) = head_needs(&head)? {
         let start = head.len();
         head.resize(need, 0);
         reader.read_exact(&mut head[start..])?;
     }
+    Ok(head)
+}
+
+/// How long `head` must grow to hold the whole head of its streamed envelope (`None`: it
+/// does). Shared by [`read_head`] and [`read_head_async`](super::read_head_async).
+pub(super) fn head_needs(head: &[u8]) -> io::Result<Option<usize>> {
+    let needed = match stream_header_len(head).map_err(invalid_data)? {
+        Ok(header) => header + BODY_PREFIX_LEN,
+        Err(at_least) => at_least,
+    };
+    Ok((head.len() < needed).then_some(needed))
 }
 
 fn invalid_data(e: crate::Error) -> io::Error {

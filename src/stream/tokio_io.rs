@@ -7,9 +7,9 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::std_io::BATCH_CHUNKS;
+use super::std_io::{BATCH_CHUNKS, head_needs};
 use super::{StreamDecryptor, StreamEncryptor};
-use crate::format::{BODY_PREFIX_LEN, CHUNK_LEN, SEALED_CHUNK_LEN, stream_header_len};
+use crate::format::{CHUNK_LEN, SEALED_CHUNK_LEN};
 
 /// An [`AsyncWrite`] that encrypts into a streamed object written to `W`.
 ///
@@ -259,21 +259,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for AsyncDecryptingReader<R> {
 /// As for [`read_head`](super::read_head).
 pub async fn read_head_async(reader: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
     let mut head = Vec::new();
-    loop {
-        let need = match stream_header_len(&head)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-        {
-            Ok(header) => {
-                let total = header + BODY_PREFIX_LEN;
-                if head.len() >= total {
-                    return Ok(head);
-                }
-                total
-            }
-            Err(at_least) => at_least,
-        };
+    while let Some(need) = head_needs(&head)? {
         let start = head.len();
         head.resize(need, 0);
         reader.read_exact(&mut head[start..]).await?;
     }
+    Ok(head)
 }
