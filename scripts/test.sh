@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, integration, golden-vector, Wycheproof, CLI and doc tests with
 # every feature, plus the cloud backends against third-party emulators this script installs
-# (into target/emulators, once) and starts on 127.0.0.1: moto (AWS KMS and STS) and drongo
-# (Google Cloud KMS REST). The in-process fakes of the testkit need nothing.
+# (into target/emulators, once) and starts on 127.0.0.1: moto (AWS KMS, STS and S3), drongo
+# (Google Cloud KMS REST) and Azurite (Azure Blob, from npm). The in-process fakes of the
+# testkit need nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,14 @@ if ! "$venv/bin/python" -c "import moto, flask, drongo, cryptography.cobblestone
     fi
   fi
   "$venv/bin/pip" install -q --disable-pip-version-check "${packages[@]}"
+fi
+
+node_dir=target/emulators/node
+azurite=azurite@3.37.0
+if [ ! -x "$node_dir/node_modules/.bin/azurite-blob" ]; then
+  echo "installing $azurite into $node_dir" >&2
+  mkdir -p "$node_dir"
+  npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error "$azurite" >&2
 fi
 
 pids=()
@@ -46,11 +55,19 @@ pids+=($!)
 drongo_port=$(free_port)
 "$venv/bin/drongo" server --host 127.0.0.1 --port "$drongo_port" >target/drongo.log 2>&1 &
 pids+=($!)
+azurite_port=$(free_port)
+"$node_dir/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$azurite_port" \
+  --inMemoryPersistence --skipApiVersionCheck --loose --disableTelemetry --silent \
+  >target/azurite.log 2>&1 &
+pids+=($!)
 wait_for "$moto_port"
 wait_for "$drongo_port"
+wait_for "$azurite_port"
 
 export CMEK_TEST_MOTO_URL="http://127.0.0.1:$moto_port"
 export CMEK_TEST_DRONGO_URL="http://127.0.0.1:$drongo_port"
+# object_store's Azure client finds Azurite here (with_use_emulator).
+export AZURITE_BLOB_STORAGE_URL="http://127.0.0.1:$azurite_port"
 export CMEK_REQUIRE_EMULATORS=1
 # An independent Cobblestone implementation (pyca/cryptography) for tests/cobblestone.rs.
 export CMEK_TEST_PYTHON="$PWD/$venv/bin/python"

@@ -15,6 +15,9 @@ pub mod format;
 mod ids;
 mod key;
 pub mod kms;
+#[cfg(feature = "object-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "object-store")))]
+pub mod objects;
 pub mod store;
 pub mod stream;
 mod telemetry;

@@ -123,7 +123,7 @@ impl Inner {
     }
 
     /// The DEK store compact envelopes need.
-    pub(super) fn require_store(&self) -> Result<&Arc<dyn DekStore>> {
+    pub(crate) fn require_store(&self) -> Result<&Arc<dyn DekStore>> {
         self.store.as_ref().ok_or_else(|| {
             Error::configuration(
                 "compact envelopes need a DEK store: set one with ClientBuilder::dek_store",

@@ -159,8 +159,20 @@ impl Client {
         Ok(plaintext)
     }
 
+    /// Whether the client has a DEK store (compact envelopes need one).
+    #[cfg(feature = "object-store")]
+    pub(crate) fn has_dek_store(&self) -> bool {
+        self.inner.require_store().is_ok()
+    }
+
+    /// Counts `chunks` opened by a range read outside this module (object stores).
+    #[cfg(feature = "object-store")]
+    pub(crate) fn count_range_chunks(&self, chunks: u64) {
+        self.inner.counters.add_range_chunks(chunks);
+    }
+
     /// The body key of the object whose head is `head`, through the decryption cache.
-    async fn body_key(
+    pub(crate) async fn body_key(
         &self,
         compartment: &CompartmentId,
         head: &[u8],

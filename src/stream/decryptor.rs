@@ -46,6 +46,19 @@ impl StreamDecryptor {
         }
     }
 
+    /// This decryptor, to be fed the object from the start of chunk `index` on (range reads).
+    #[cfg(feature = "object-store")]
+    pub(crate) fn starting_at(mut self, index: u64) -> Self {
+        self.next_chunk = index;
+        self
+    }
+
+    /// Bytes of a chunk begun but not yet complete.
+    #[cfg(feature = "object-store")]
+    pub(crate) fn pending_len(&self) -> usize {
+        self.sealed.len()
+    }
+
     /// Decrypts `ciphertext` (the object's next bytes), appending authenticated plaintext to
     /// `out`.
     ///

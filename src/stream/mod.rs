@@ -50,6 +50,8 @@ pub(crate) use cobblestone::BodyKey;
 pub(crate) use encryptor::ChunkBudget;
 pub(crate) use encryptor::Unlimited;
 pub(crate) use head::{new_body, new_body_with_salt, open_body};
+#[cfg(feature = "object-store")]
+pub(crate) use range::assemble;
 pub(crate) use range::read_range;
 
 use crate::format::{

@@ -293,7 +293,12 @@ pub(crate) async fn read_range(
 }
 
 /// The fetched head and chunk span of a read of `range`, checked against `layout`.
-fn assemble(layout: StreamLayout, range: &ByteRange, head: Bytes, span: Bytes) -> Result<Fetched> {
+pub(crate) fn assemble(
+    layout: StreamLayout,
+    range: &ByteRange,
+    head: Bytes,
+    span: Bytes,
+) -> Result<Fetched> {
     let wanted = range.resolve(layout.plaintext_len());
     let chunks = layout.chunks_for(wanted.clone())?;
     let [head_range, span_range] = layout.ciphertext_ranges(wanted.clone())?;

@@ -9,6 +9,9 @@
 //!   events, throttling, random errors, another tenant's revocation), run against any
 //!   [`FaultTarget`](fault_suite::FaultTarget); `targets` makes the cloud fakes such targets
 //!   (with the cloud features).
+//! * [`objects`]: the suite every [`EncryptedStore`](crate::objects::EncryptedStore) must pass
+//!   over its inner store, and [`objects::CountingStore`], which counts what a store serves
+//!   (with the `object-store` feature).
 //! * [`aws_fake`]: a wire-compatible AWS KMS (and STS AssumeRole) server with fault injection.
 //! * [`gcp_fake`]: a wire-compatible Google Cloud KMS (REST) server with key versions, CRC32C
 //!   corruption and fault injection.
@@ -22,6 +25,8 @@ pub mod fault_suite;
 mod faulty;
 pub mod gcp_fake;
 mod http;
+#[cfg(feature = "object-store")]
+pub mod objects;
 pub mod store_conformance;
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 pub mod targets;

@@ -3,5 +3,6 @@
 mod control_plane;
 mod envelopes;
 mod mistakes;
+mod objects;
 mod streams;
 mod support;

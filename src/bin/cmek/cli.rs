@@ -43,6 +43,10 @@ pub(crate) enum Command {
         #[arg(long, short)]
         input: Option<PathBuf>,
     },
+    /// Keeps objects of a store (local files, S3, GCS, Azure Blob) under each tenant's key:
+    /// put, get, list, and the bulk migration of existing objects.
+    #[command(subcommand)]
+    Objects(crate::objects::ObjectsCommand),
     /// Runs a realistic multi-tenant workload on the embedded default and reports what happened.
     Demo(DemoArgs),
     /// Manages external key configurations (create, list, show, validate, rotate, delete).

@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod demo;
+mod objects;
 mod streaming;
 
 use std::io::{Read, Write};
@@ -175,25 +176,42 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
             write_output(None, false, format!("{json}\n").as_bytes())
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Objects(command) => objects::run(command).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn client(args: &CryptArgs) -> cmek::Result<Client> {
-    if let Some(state) = &args.state {
+    open_client(
+        args.key_file.as_deref(),
+        args.state.as_deref(),
+        &args.key_config,
+        args.dek_store.as_deref(),
+    )
+}
+
+/// The client of `--state`, or of `--key-file` (under `--key-config`, DEK records in
+/// `--dek-store`).
+pub(crate) fn open_client(
+    key_file: Option<&Path>,
+    state: Option<&Path>,
+    key_config: &str,
+    dek_store: Option<&Path>,
+) -> cmek::Result<Client> {
+    if let Some(state) = state {
         return Ok(admin::open_plane(state, admin::Create::No)?
             .client()
             .clone());
     }
-    let Some(key_file) = &args.key_file else {
+    let Some(key_file) = key_file else {
         return Err(cmek::Error::new(
             cmek::ErrorKind::InvalidInput,
             "give --key-file or --state",
         ));
     };
     let kms = LocalKms::open(key_file)?;
-    let mut builder = Client::builder().key(KeyConfigId::new(&args.key_config)?, Arc::new(kms));
-    if let Some(dir) = &args.dek_store {
+    let mut builder = Client::builder().key(KeyConfigId::new(key_config)?, Arc::new(kms));
+    if let Some(dir) = dek_store {
         builder = builder.dek_store(Arc::new(FileDekStore::open(dir)?));
     }
     builder.build()

@@ -117,7 +117,7 @@ impl Output {
 }
 
 /// A progress bar on stderr for long inputs when it is a terminal; hidden otherwise.
-fn progress(total: Option<u64>, what: &'static str) -> ProgressBar {
+pub(crate) fn progress(total: Option<u64>, what: &'static str) -> ProgressBar {
     if !io::stderr().is_terminal() || total.is_some_and(|t| t < PROGRESS_FROM) {
         return ProgressBar::hidden();
     }
