@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod counted;
+mod migration;
 mod suites;
 
 use std::sync::Arc;
