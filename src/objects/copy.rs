@@ -3,7 +3,6 @@
 //! new object under the destination's compartment and path. Without path binding, within
 //! one compartment, the inner store copies by itself.
 
-use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{
     CopyMode, CopyOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
@@ -11,6 +10,7 @@ use object_store::{
 };
 use rand::Rng as _;
 
+use super::write::upload_all;
 use super::{EncryptedStore, PathBinding};
 
 impl<T: ObjectStore> EncryptedStore<T> {
@@ -56,21 +56,10 @@ impl<T: ObjectStore> EncryptedStore<T> {
             CopyMode::Create => Some(staging_path(to)),
         };
         let written_at = staging.as_ref().unwrap_or(to);
-        let mut upload = self
+        let upload = self
             .encrypting_upload(written_at, to, PutMultipartOptions::from(attributes))
             .await?;
-        let mut plaintext = source.into_stream();
-        let streamed = async {
-            while let Some(piece) = plaintext.next().await.transpose()? {
-                upload.put_part(piece.into()).await?;
-            }
-            upload.complete().await
-        }
-        .await;
-        if let Err(e) = streamed {
-            let _ = upload.abort().await;
-            return Err(e);
-        }
+        upload_all(upload, source.into_stream()).await?;
         if let Some(staging) = staging {
             let copied = self.inner.copy_opts(&staging, to, options).await;
             let _ = self.inner.delete(&staging).await;

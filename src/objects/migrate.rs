@@ -19,6 +19,7 @@ use super::checkpoint::Checkpoint;
 use super::copy::STAGING_MARK;
 use super::errors::layout_of;
 use super::read::HEAD_LEN;
+use super::write::upload_all;
 use super::{EncryptedStore, PathBinding};
 use crate::error::{Error, Result};
 use crate::format::{Form, MAGIC, Preamble, StreamLayout, stream_header_len};
@@ -390,12 +391,11 @@ fn same_object(listed: &ObjectMeta, read: &ObjectMeta) -> bool {
 async fn write_over<T: ObjectStore>(
     store: &EncryptedStore<T>,
     path: &Path,
-    mut plaintext: BoxStream<'static, object_store::Result<Bytes>>,
+    plaintext: BoxStream<'static, object_store::Result<Bytes>>,
     len: u64,
     version: UpdateVersion,
     attributes: object_store::Attributes,
 ) -> object_store::Result<()> {
-    use object_store::MultipartUpload as _;
     if len <= store.part_size as u64 {
         let pieces: Vec<Bytes> = plaintext.try_collect().await?;
         let payload: PutPayload = pieces.into_iter().collect();
@@ -415,21 +415,10 @@ async fn write_over<T: ObjectStore>(
             other => other.map(drop),
         };
     }
-    let mut upload = store
+    let upload = store
         .put_multipart_opts(path, PutMultipartOptions::from(attributes))
         .await?;
-    let streamed = async {
-        while let Some(piece) = plaintext.next().await.transpose()? {
-            upload.put_part(piece.into()).await?;
-        }
-        upload.complete().await
-    }
-    .await;
-    if let Err(e) = streamed {
-        let _ = upload.abort().await;
-        return Err(e);
-    }
-    Ok(())
+    upload_all(upload, plaintext).await.map(drop)
 }
 
 fn store_error(e: object_store::Error) -> Error {

@@ -2,8 +2,9 @@
 //! envelope under its compartment's DEK, bound to its path.
 
 use async_trait::async_trait;
-use bytes::BytesMut;
-use futures_util::FutureExt;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
 use object_store::path::Path;
 use object_store::{
     MultipartUpload, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
@@ -78,6 +79,25 @@ impl<T: ObjectStore> EncryptedStore<T> {
             part_size: self.part_size,
         }))
     }
+}
+
+/// Uploads every piece of `plaintext` through `upload` and completes it; aborts it if
+/// anything fails, so a failed copy or migration leaves no object behind.
+pub(super) async fn upload_all(
+    mut upload: Box<dyn MultipartUpload>,
+    mut plaintext: BoxStream<'static, object_store::Result<Bytes>>,
+) -> object_store::Result<PutResult> {
+    let streamed = async {
+        while let Some(piece) = plaintext.next().await.transpose()? {
+            upload.put_part(piece.into()).await?;
+        }
+        upload.complete().await
+    }
+    .await;
+    if streamed.is_err() {
+        let _ = upload.abort().await;
+    }
+    streamed
 }
 
 /// A multipart upload that encrypts its parts as they come and uploads the envelope in

@@ -97,3 +97,45 @@ async fn an_aborted_upload_leaves_nothing() {
     // Nothing more can be written to it.
     assert!(upload.put_part(vec![1u8; 10].into()).await.is_err());
 }
+
+#[tokio::test]
+async fn copies_larger_than_a_part_stream_through_multipart() {
+    let store = encrypted(CountingStore::new(InMemory::new())).with_part_size(20_000);
+    let (from, to) = (Path::from("tenant/big"), Path::from("other/big"));
+    let plaintext: Bytes = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    store.put(&from, plaintext.clone().into()).await.unwrap();
+    store.copy(&from, &to).await.unwrap();
+    assert_eq!(
+        store.get(&to).await.unwrap().bytes().await.unwrap(),
+        plaintext
+    );
+    let parts = store.inner().part_sizes();
+    assert!(
+        parts.len() > 1 && parts[..parts.len() - 1].iter().all(|&p| p == 20_000),
+        "{parts:?}"
+    );
+
+    // Create-only: through a staging object, which is gone afterwards.
+    let err = store.copy_if_not_exists(&from, &to).await.unwrap_err();
+    assert!(
+        matches!(err, object_store::Error::AlreadyExists { .. }),
+        "{err}"
+    );
+    let fresh = Path::from("other/fresh");
+    store.copy_if_not_exists(&from, &fresh).await.unwrap();
+    assert_eq!(
+        store.get(&fresh).await.unwrap().bytes().await.unwrap(),
+        plaintext
+    );
+    let listed = store
+        .inner()
+        .list_with_delimiter(Some(&Path::from("other")))
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed.objects.iter().map(|m| m.location.as_ref()).collect();
+    assert_eq!(
+        names,
+        ["other/big", "other/fresh"],
+        "no staging object left"
+    );
+}
