@@ -18,7 +18,7 @@ use suites::{encrypted, encrypted_fixed, object_store_suite};
 
 #[tokio::test]
 async fn in_memory_passes_both_suites() {
-    object_store_suite(&encrypted_fixed(InMemory::new()), true, true).await;
+    object_store_suite(&encrypted_fixed(InMemory::new()), true, true, true).await;
     cmek::testkit::objects::run_all(&encrypted(InMemory::new())).await;
 }
 
@@ -26,7 +26,7 @@ async fn in_memory_passes_both_suites() {
 async fn local_files_pass_both_suites() {
     let dir = tempfile::tempdir().unwrap();
     let local = || LocalFileSystem::new_with_prefix(dir.path()).unwrap();
-    object_store_suite(&encrypted_fixed(local()), false, true).await;
+    object_store_suite(&encrypted_fixed(local()), false, true, true).await;
     cmek::testkit::objects::run_all(&encrypted(local())).await;
 }
 

@@ -37,16 +37,22 @@ pub(crate) fn encrypted_fixed<T: ObjectStore>(inner: T) -> EncryptedStore<T> {
 
 /// `object_store`'s integration functions that apply to any `ObjectStore` (the
 /// `MultipartStore` and paginated-list ones need traits a wrapper does not have), with the
-/// arguments `object_store`'s own tests give for the inner store.
+/// arguments `object_store`'s own tests give for the inner store. `put_opts` ends with five
+/// writers racing conditional updates; it runs only where the server makes them atomic
+/// (moto does not: it once let 49 of 50 increments through; cmek's suite checks conditional
+/// updates one at a time on every store).
 pub(crate) async fn object_store_suite(
     store: &DynObjectStore,
     supports_update: bool,
     last_writer_wins: bool,
+    atomic_conditional_puts: bool,
 ) {
     integration::put_get_delete_list(store).await;
     integration::put_get_attributes(store).await;
     integration::get_opts(store).await;
-    integration::put_opts(store, supports_update).await;
+    if atomic_conditional_puts {
+        integration::put_opts(store, supports_update).await;
+    }
     integration::list_uses_directories_correctly(store).await;
     integration::list_with_delimiter(store).await;
     integration::list_with_offset_exclusivity(store).await;

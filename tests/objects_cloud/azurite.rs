@@ -62,6 +62,7 @@ async fn azure_blob_on_azurite_passes_both_suites() {
         &suites::encrypted_fixed(azure("cmek-objects-fixed")),
         true,
         false,
+        true,
     )
     .await;
     cmek::testkit::objects::run_all(&suites::encrypted(azure("cmek-objects"))).await;

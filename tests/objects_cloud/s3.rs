@@ -28,10 +28,14 @@ async fn s3_on_moto_passes_both_suites() {
             .build()
             .unwrap()
     };
+    // moto's conditional PUT is not atomic under racing writers (object_store's own S3 tests
+    // use LocalStack): the racing part is left out here; conditional updates are still
+    // checked one at a time by cmek's suite.
     suites::object_store_suite(
         &suites::encrypted_fixed(s3("cmek-objects-fixed")),
         true,
         true,
+        false,
     )
     .await;
     cmek::testkit::objects::run_all(&suites::encrypted(s3("cmek-objects"))).await;

@@ -427,6 +427,32 @@ pub async fn conditions_keep_their_meaning<T: ObjectStore>(store: &EncryptedStor
     );
     let meta = store.head(&path).await.expect("head");
     assert_eq!(meta.e_tag, created.e_tag, "head shows the put's ETag");
+    // Conditional updates, one at a time, where the store has them.
+    let update = |version: &object_store::PutResult| {
+        PutMode::Update(object_store::UpdateVersion {
+            e_tag: version.e_tag.clone(),
+            version: version.version.clone(),
+        })
+    };
+    match store
+        .put_opts(&path, data(12).into(), update(&created).into())
+        .await
+    {
+        Ok(_) => {
+            let err = store
+                .put_opts(&path, data(13).into(), update(&created).into())
+                .await
+                .expect_err("an update against a stale ETag");
+            assert!(
+                matches!(err, object_store::Error::Precondition { .. }),
+                "{err}"
+            );
+            assert_eq!(get_all(store, &path).await.unwrap(), data(12));
+        }
+        Err(object_store::Error::NotImplemented { .. }) => {}
+        Err(e) => panic!("conditional update: {e}"),
+    }
+    let meta = store.head(&path).await.expect("head");
     let tag = meta.e_tag.clone().expect("the store has ETags");
     let matching = GetOptions::new().with_if_match(Some(tag.clone()));
     store
