@@ -47,7 +47,8 @@
 //! * Attributes are kept; `Content-Encoding` is stored as the metadata key
 //!   [`CONTENT_ENCODING_KEY`] and given back as `Content-Encoding`, because stores act on it.
 //! * `copy` and `rename` re-encrypt under the destination (see [`PathBinding`]).
-//! * `delete` and `list_with_delimiter` pass through.
+//! * `delete` and `delete_stream` pass through; `list_with_delimiter` does too, but for the
+//!   sizes.
 //!
 //! Errors from cmek (a revoked key, an object that does not authenticate) arrive as
 //! `object_store::Error::Generic`; [`cmek_error`] gives back the typed [`crate::Error`].

@@ -338,12 +338,17 @@ async fn get(
     output: Option<&FsPath>,
     force: bool,
 ) -> cmek::Result<()> {
-    let range = range.map(|r| match r {
-        cmek::stream::ByteRange::Bounded(r) => GetRange::Bounded(r),
-        cmek::stream::ByteRange::From(start) => GetRange::Offset(start),
-        cmek::stream::ByteRange::Suffix(n) => GetRange::Suffix(n),
-        _ => GetRange::Offset(0),
-    });
+    let range = range
+        .map(|r| match r {
+            cmek::stream::ByteRange::Bounded(r) => Ok(GetRange::Bounded(r)),
+            cmek::stream::ByteRange::From(start) => Ok(GetRange::Offset(start)),
+            cmek::stream::ByteRange::Suffix(n) => Ok(GetRange::Suffix(n)),
+            other => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("--range: {other:?} is not supported for objects"),
+            )),
+        })
+        .transpose()?;
     let options = GetOptions {
         range,
         ..GetOptions::default()
