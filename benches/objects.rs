@@ -11,9 +11,9 @@
 //!
 //! A plain in-memory `get` hands out the stored buffer and a plain `put` keeps the caller's:
 //! neither allocates. The encrypted ones must write a new buffer, and glibc's malloc gives
-//! buffers over its mmap threshold fresh pages each time (a page fault per 4 KiB). Run it
-//! also with `GLIBC_TUNABLES=glibc.malloc.trim_threshold=1073741824:glibc.malloc.mmap_threshold=1073741824`
-//! (an allocator that keeps freed memory, as jemalloc and mimalloc do) to see the two apart.
+//! buffers over its mmap threshold fresh pages each time (a page fault per 4 KiB), so
+//! `EncryptedStore` takes them from its `BufferPool`; `encrypted-unpooled` is the same store
+//! with `BufferPool::new(0)`, every buffer allocated afresh.
 //! * `objects-range/1GiB`: `get_range` of 1 KiB in the middle of a 1 GiB object, warm DEK
 //!   (two requests to the inner store: head and one chunk); the goal is under 100 µs.
 //!
@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cmek::internal::RawCipher;
-use cmek::objects::{Compartments, EncryptedStore};
+use cmek::objects::{BufferPool, Compartments, EncryptedStore};
 use cmek::{CipherProvider, Client, CompartmentId, KeyConfigId, LocalKms, MemoryDekStore};
 use common::runtime;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -59,6 +59,7 @@ fn put_and_get(cr: &mut Criterion) {
         let data = Bytes::from(vec![0x5au8; size]);
         let plain = InMemory::new();
         let encrypted = store();
+        let unpooled = store().with_buffer_pool(BufferPool::new(0));
         let path = Path::from("bench/object");
 
         let mut g = cr.benchmark_group(format!("objects-put/{name}"));
@@ -87,8 +88,20 @@ fn put_and_get(cr: &mut Criterion) {
                     .unwrap()
             })
         });
+        g.bench_function("encrypted-unpooled", |b| {
+            b.iter(|| {
+                rt.block_on(unpooled.put(&path, data.clone().into()))
+                    .unwrap()
+            })
+        });
         g.finish();
 
+        // Stored afresh, so that the get group also runs alone (`-- objects-get`).
+        rt.block_on(plain.put(&path, data.clone().into())).unwrap();
+        rt.block_on(encrypted.put(&path, data.clone().into()))
+            .unwrap();
+        rt.block_on(unpooled.put(&path, data.clone().into()))
+            .unwrap();
         let mut g = cr.benchmark_group(format!("objects-get/{name}"));
         g.throughput(Throughput::Bytes(size as u64));
         g.sample_size(if size > MIB { 20 } else { 100 });
@@ -121,6 +134,12 @@ fn put_and_get(cr: &mut Criterion) {
         g.bench_function("encrypted", |b| {
             b.iter(|| {
                 rt.block_on(async { encrypted.get(&path).await?.bytes().await })
+                    .unwrap()
+            })
+        });
+        g.bench_function("encrypted-unpooled", |b| {
+            b.iter(|| {
+                rt.block_on(async { unpooled.get(&path).await?.bytes().await })
                     .unwrap()
             })
         });

@@ -2,8 +2,8 @@
 # The whole test suite: unit, integration, golden-vector, Wycheproof, CLI and doc tests with
 # every feature, plus the cloud backends against third-party emulators this script installs
 # (into target/emulators, once) and starts on 127.0.0.1: moto (AWS KMS, STS and S3), drongo
-# (Google Cloud KMS REST) and Azurite (Azure Blob, from npm). The in-process fakes of the
-# testkit need nothing.
+# (Google Cloud KMS REST) and Azurite (Azure Blob, from npm), and a throwaway PostgreSQL
+# cluster. The in-process fakes of the testkit need nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,8 +33,32 @@ if [ ! -x "$node_dir/node_modules/.bin/azurite-blob" ]; then
   npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error "$azurite" >&2
 fi
 
+# PostgreSQL (Debian's postgresql-15): a throwaway cluster of our own, stopped at the end.
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  else
+    echo "error: no PostgreSQL server binaries (install postgresql-15)" >&2
+    exit 1
+  fi
+fi
+pg_dir=$(mktemp -d /tmp/cmek-pg.XXXXXX)
+as_pg() {
+  # initdb and postgres refuse to run as root.
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+[ "$(id -u)" = 0 ] && chown postgres: "$pg_dir"
+as_pg "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres --no-sync >"$pg_dir/initdb.log"
+
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$pg_dir"
+}
+trap cleanup EXIT
 free_port() {
   "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -60,6 +84,10 @@ azurite_port=$(free_port)
   --inMemoryPersistence --skipApiVersionCheck --loose --disableTelemetry --silent \
   >target/azurite.log 2>&1 &
 pids+=($!)
+pg_port=$(free_port)
+as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -o \
+  "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off -c max_connections=300" \
+  start >/dev/null
 wait_for "$moto_port"
 wait_for "$drongo_port"
 wait_for "$azurite_port"
@@ -68,6 +96,7 @@ export CMEK_TEST_MOTO_URL="http://127.0.0.1:$moto_port"
 export CMEK_TEST_DRONGO_URL="http://127.0.0.1:$drongo_port"
 # object_store's Azure client finds Azurite here (with_use_emulator).
 export AZURITE_BLOB_STORAGE_URL="http://127.0.0.1:$azurite_port"
+export CMEK_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export CMEK_REQUIRE_EMULATORS=1
 # An independent Cobblestone implementation (pyca/cryptography) for tests/cobblestone.rs.
 export CMEK_TEST_PYTHON="$PWD/$venv/bin/python"

@@ -451,6 +451,16 @@ impl Client {
         tracing::info!(key_config = %key_config, ?mode, "key configuration revoked");
     }
 
+    /// Drops every cached DEK under `key_config`, for encryption and decryption, so that the
+    /// next use of any asks its KMS again (another node saw the key revoked). Unlike
+    /// [`Client::revoke`] it refuses nothing by itself.
+    pub fn evict(&self, key_config: &KeyConfigId) {
+        self.inner.drop_encryption_deks(key_config);
+        self.inner
+            .dec
+            .forget(|open| open.dek.key_config == *key_config);
+    }
+
     /// Drops cached encryption DEKs under `key_config`, so the next encryption of their
     /// compartments asks the key resolver again (after a key configuration was rotated or
     /// deleted). Decryption is untouched.

@@ -48,7 +48,7 @@ mod memory_store;
 mod model;
 mod resolver;
 mod rewrap;
-mod store;
+pub(crate) mod store;
 mod validation;
 
 use std::fmt;

@@ -298,12 +298,13 @@ impl Migration {
                     .await?;
                 let window = Window {
                     skip_stored: 0,
+                    stored_len: layout.total_len().saturating_sub(head.len() as u64),
                     skip_plaintext: 0,
                     len: layout.plaintext_len(),
                     through_final: true,
                 };
                 (
-                    decrypting(decryptor, stored, window),
+                    decrypting(decryptor, stored, window, store.buffers.clone()),
                     layout.plaintext_len(),
                 )
             }

@@ -205,11 +205,12 @@ impl<T: ObjectStore> EncryptedStore<T> {
         let decryptor = self.decryptor(compartment, location, &head).await?;
         let window = Window {
             skip_stored: 0,
+            stored_len: layout.total_len().saturating_sub(HEAD_LEN),
             skip_plaintext: 0,
             len: layout.plaintext_len(),
             through_final: true,
         };
-        let stream = decrypting(decryptor, answer.stored, window);
+        let stream = decrypting(decryptor, answer.stored, window, self.buffers.clone());
         Ok(plaintext_result(
             answer.meta,
             layout,
@@ -291,12 +292,13 @@ impl<T: ObjectStore> EncryptedStore<T> {
             .starting_at(chunks.start);
         let window = Window {
             skip_stored: needed.start - body.range.start,
+            stored_len: needed.end - needed.start,
             skip_plaintext: wanted.start.saturating_sub(chunks.start * CHUNK),
             len: wanted.end - wanted.start,
             through_final: chunks.end == layout.chunk_count(),
         };
         self.client.count_range_chunks(chunks.end - chunks.start);
-        let stream = decrypting(decryptor, body.stored, window);
+        let stream = decrypting(decryptor, body.stored, window, self.buffers.clone());
         Ok(Some(plaintext_result(
             head_answer.meta,
             layout,

@@ -48,16 +48,18 @@ impl<T: ObjectStore> EncryptedStore<T> {
         );
         let len = usize::try_from(len)
             .map_err(|_| Error::invalid_input("the payload is too long for this platform"))?;
-        // Zeroed by the allocator (fresh pages need no memset), then overwritten.
-        let mut sealed = vec![0u8; len];
+        let mut sealed = self.buffers.take(len);
+        let out = sealed.as_mut_slice();
         let mut at = 0;
         for piece in &payload {
-            at += encryptor.update_into(piece, &mut sealed[at..])?;
+            at += encryptor.update_into(piece, &mut out[at..])?;
         }
-        at += encryptor.finish_into(&mut sealed[at..])?;
+        at += encryptor.finish_into(&mut out[at..])?;
         sealed.truncate(at);
         let opts = PutOptions { attributes, ..opts };
-        self.inner.put_opts(location, sealed.into(), opts).await
+        self.inner
+            .put_opts(location, sealed.freeze().into(), opts)
+            .await
     }
 
     /// A multipart upload to `location` of an object bound to `bound_to` (the same path, but

@@ -53,12 +53,6 @@ impl StreamDecryptor {
         self
     }
 
-    /// Bytes of a chunk begun but not yet complete.
-    #[cfg(feature = "object-store")]
-    pub(crate) fn pending_len(&self) -> usize {
-        self.sealed.len()
-    }
-
     /// Decrypts `ciphertext` (the object's next bytes), appending authenticated plaintext to
     /// `out`.
     ///

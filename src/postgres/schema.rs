@@ -1,0 +1,123 @@
+//! The tables, as versioned migrations applied once, in order, under an advisory lock (so
+//! nodes starting together do not race).
+
+use deadpool_postgres::GenericClient;
+
+use super::OpError;
+use crate::error::Error;
+
+/// Version 1: DEK records, external key configurations, compartments, rewrap jobs.
+///
+/// Times are Unix nanoseconds (`bigint`), so that a stored `updated_at` compares equal to the
+/// one a reader holds (compare-and-swap); `timestamptz` keeps only microseconds.
+const V1: &str = "
+CREATE TABLE cmek_dek_records (
+    compartment_id text NOT NULL,
+    dek_id bytea NOT NULL CHECK (length(dek_id) = 16),
+    key_config_id text NOT NULL,
+    record bytea NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (compartment_id, dek_id)
+);
+CREATE INDEX cmek_dek_records_by_key_config ON cmek_dek_records (key_config_id);
+
+CREATE TABLE cmek_external_keys (
+    id text PRIMARY KEY,
+    body jsonb NOT NULL,
+    created_at_ns bigint NOT NULL,
+    updated_at_ns bigint NOT NULL,
+    deleted boolean NOT NULL
+);
+
+CREATE TABLE cmek_compartments (
+    id text PRIMARY KEY,
+    external_key_id text REFERENCES cmek_external_keys (id),
+    created_at_ns bigint NOT NULL,
+    updated_at_ns bigint NOT NULL
+);
+CREATE INDEX cmek_compartments_by_external_key ON cmek_compartments (external_key_id);
+
+CREATE TABLE cmek_rewrap_jobs (
+    external_key_id text PRIMARY KEY,
+    body jsonb NOT NULL
+);
+";
+
+/// Version 2: the change log every node's feed follows (see `changes.rs`), numbered by the
+/// one-row generation counter (its row lock orders the changes as they commit).
+const V2: &str = "
+CREATE TABLE cmek_generation (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    value bigint NOT NULL
+);
+INSERT INTO cmek_generation (value) VALUES (0);
+
+CREATE TABLE cmek_changes (
+    generation bigint PRIMARY KEY,
+    made_at timestamptz NOT NULL DEFAULT now(),
+    kind text NOT NULL,
+    key_config_id text,
+    compartment_id text
+);
+";
+
+/// Every migration, in order: `(version, SQL)`.
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+
+/// The version [`migrate`] brings a database to.
+pub(super) const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// The advisory lock migrations hold (an arbitrary constant: "cmek" in ASCII).
+const MIGRATION_LOCK: i64 = 0x636d_656b;
+
+/// The schema version of the database (0 before the first migration).
+async fn current_version(client: &impl GenericClient) -> Result<i32, OpError> {
+    let row = client
+        .query_one("SELECT to_regclass('cmek_schema') IS NOT NULL", &[])
+        .await?;
+    if !super::column::<bool>(&row, 0)? {
+        return Ok(0);
+    }
+    let row = client
+        .query_one("SELECT max(version) FROM cmek_schema", &[])
+        .await?;
+    Ok(super::column::<Option<i32>>(&row, 0)?.unwrap_or(0))
+}
+
+fn newer(current: i32) -> OpError {
+    Error::configuration(format!(
+        "the database's cmek schema is version {current}, newer than this cmek knows ({LATEST}): upgrade cmek"
+    ))
+    .into()
+}
+
+/// Applies the migrations the database lacks, in one transaction. A database already up to
+/// date is only read (a role without the right to create tables can connect).
+pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<i32, OpError> {
+    match current_version(&*client).await? {
+        LATEST => return Ok(LATEST),
+        current if current > LATEST => return Err(newer(current)),
+        _ => {}
+    }
+    let tx = super::transaction(client).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS cmek_schema (
+            version integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let current = current_version(&tx).await?;
+    if current > LATEST {
+        return Err(newer(current));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO cmek_schema (version) VALUES ($1)", &[version])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(LATEST)
+}
