@@ -88,11 +88,10 @@ async fn deleting_the_kms_key_revokes_its_data(
         matches!(err.kind(), ErrorKind::KeyRevoked | ErrorKind::NotFound),
         "{err}"
     );
+    // Key events are recorded by a task of their own: wait for it.
     let detected: Vec<_> = audit
-        .events()
-        .into_iter()
-        .filter(|e| e.action == "key.revocation_detected")
-        .collect();
+        .wait_for("key.revocation_detected", Duration::from_secs(5))
+        .await;
     assert_eq!(detected.len(), 1, "{detected:?}");
     assert_eq!(
         detected[0].external_key_id.as_deref(),

@@ -1,12 +1,13 @@
 //! Every store passes its conformance suite (`cmek::testkit::store_conformance`), and the suite
-//! catches a store that breaks the write-once rule.
+//! catches a store that breaks the write-once rule or gives a job's lease to every node.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cmek::control::{
-    Compartment, ControlStore, ExternalKey, ExternalKeyId, FileControlStore, MemoryControlStore,
-    RewrapJob,
+    Compartment, ControlStore, ExternalKey, ExternalKeyId, FileControlStore, JobLease,
+    JsonLinesAuditSink, MemoryAuditSink, MemoryControlStore, RewrapJob,
 };
 use cmek::testkit::store_conformance;
 use cmek::{CompartmentId, ErrorKind, FileDekStore, MemoryDekStore, Result};
@@ -39,17 +40,29 @@ async fn file_control_store() {
         .await;
 }
 
-/// A store whose attachment is not write-once: it answers a conflict by claiming success.
+/// A store that breaks one rule of the suite.
 #[derive(Debug, Default)]
-struct OverwritingAttach(MemoryControlStore);
+struct Broken {
+    inner: MemoryControlStore,
+    rule: Rule,
+}
+
+#[derive(Debug, Default)]
+enum Rule {
+    /// Attachment is not write-once: a conflict is answered by claiming success.
+    #[default]
+    Attach,
+    /// Every node asking for a job's lease gets it.
+    Lease,
+}
 
 #[async_trait]
-impl ControlStore for OverwritingAttach {
+impl ControlStore for Broken {
     async fn insert_external_key(&self, key: &ExternalKey) -> Result<()> {
-        self.0.insert_external_key(key).await
+        self.inner.insert_external_key(key).await
     }
     async fn update_external_key(&self, key: &ExternalKey, at: OffsetDateTime) -> Result<()> {
-        self.0.update_external_key(key, at).await
+        self.inner.update_external_key(key, at).await
     }
     async fn delete_external_key(
         &self,
@@ -57,25 +70,25 @@ impl ControlStore for OverwritingAttach {
         at: OffsetDateTime,
         force: bool,
     ) -> Result<ExternalKey> {
-        self.0.delete_external_key(id, at, force).await
+        self.inner.delete_external_key(id, at, force).await
     }
     async fn external_key(&self, id: &ExternalKeyId) -> Result<Option<ExternalKey>> {
-        self.0.external_key(id).await
+        self.inner.external_key(id).await
     }
     async fn external_keys(&self) -> Result<Vec<ExternalKey>> {
-        self.0.external_keys().await
+        self.inner.external_keys().await
     }
     async fn insert_compartment(&self, compartment: &Compartment) -> Result<()> {
-        self.0.insert_compartment(compartment).await
+        self.inner.insert_compartment(compartment).await
     }
     async fn compartment(&self, id: &CompartmentId) -> Result<Option<Compartment>> {
-        self.0.compartment(id).await
+        self.inner.compartment(id).await
     }
     async fn compartments(&self) -> Result<Vec<Compartment>> {
-        self.0.compartments().await
+        self.inner.compartments().await
     }
     async fn attached_compartments(&self, key: &ExternalKeyId) -> Result<Vec<CompartmentId>> {
-        self.0.attached_compartments(key).await
+        self.inner.attached_compartments(key).await
     }
     async fn attach(
         &self,
@@ -83,9 +96,9 @@ impl ControlStore for OverwritingAttach {
         key: &ExternalKeyId,
         at: OffsetDateTime,
     ) -> Result<Compartment> {
-        match self.0.attach(id, key, at).await {
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                let mut c = self.0.compartment(id).await?.unwrap();
+        match self.inner.attach(id, key, at).await {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && matches!(self.rule, Rule::Attach) => {
+                let mut c = self.inner.compartment(id).await?.unwrap();
                 c.external_key_id = Some(key.clone());
                 Ok(c)
             }
@@ -93,16 +106,56 @@ impl ControlStore for OverwritingAttach {
         }
     }
     async fn put_rewrap_job(&self, job: &RewrapJob) -> Result<()> {
-        self.0.put_rewrap_job(job).await
+        self.inner.put_rewrap_job(job).await
     }
     async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>> {
-        self.0.rewrap_job(key).await
+        self.inner.rewrap_job(key).await
+    }
+    async fn acquire_lease(&self, job: &str, holder: &str, ttl: Duration) -> Result<JobLease> {
+        if matches!(self.rule, Rule::Lease) {
+            self.inner
+                .release_lease(
+                    job,
+                    &self
+                        .inner
+                        .lease(job)
+                        .await?
+                        .map(|l| l.holder)
+                        .unwrap_or_default(),
+                )
+                .await?;
+        }
+        self.inner.acquire_lease(job, holder, ttl).await
+    }
+    async fn release_lease(&self, job: &str, holder: &str) -> Result<()> {
+        self.inner.release_lease(job, holder).await
+    }
+    async fn lease(&self, job: &str) -> Result<Option<JobLease>> {
+        self.inner.lease(job).await
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[should_panic(expected = "a second key was attached")]
 async fn the_suite_catches_an_attachment_that_is_not_write_once() {
-    let store = Arc::new(OverwritingAttach::default());
+    let store = Arc::new(Broken::default());
     store_conformance::control_store(move || store.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "nodes got the lease")]
+async fn the_suite_catches_a_lease_given_to_every_node() {
+    let store = Arc::new(Broken {
+        rule: Rule::Lease,
+        ..Broken::default()
+    });
+    store_conformance::control_store(move || store.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_file_audit_sinks_pass_the_suite() {
+    store_conformance::audit_sink(Arc::new(MemoryAuditSink::new())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = JsonLinesAuditSink::open(dir.path().join("audit.jsonl")).unwrap();
+    store_conformance::audit_sink(Arc::new(sink)).await;
 }

@@ -5,9 +5,10 @@
 
 use std::fmt;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -106,12 +107,51 @@ impl AuditEvent {
 
 /// Receives audit events. Recording must not fail silently: an error is returned to the
 /// operation that produced the event.
+#[async_trait]
 pub trait AuditSink: Send + Sync + fmt::Debug + 'static {
     /// Records one event.
     ///
     /// # Errors
     /// When the event cannot be recorded.
-    fn record(&self, event: &AuditEvent) -> Result<()>;
+    async fn record(&self, event: &AuditEvent) -> Result<()>;
+
+    /// Reads the trail back as an activity feed, oldest first: up to `limit` events after the
+    /// cursor `after` (0 for the beginning; then [`AuditPage::next`]).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Configuration`](crate::ErrorKind::Configuration) for a sink that cannot be
+    /// read back (the default); the sink's failure.
+    async fn page(&self, after: u64, limit: usize) -> Result<AuditPage> {
+        let _ = (after, limit);
+        Err(Error::configuration(format!(
+            "{self:?} cannot be read back as an activity feed"
+        )))
+    }
+}
+
+/// One page of the activity feed ([`AuditSink::page`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AuditPage {
+    /// The events, oldest first.
+    pub data: Vec<AuditEvent>,
+    /// Whether more events follow already.
+    pub has_more: bool,
+    /// The cursor of the next page: events recorded after this page's.
+    pub next: u64,
+}
+
+impl AuditPage {
+    /// The page of `limit` events after `after` out of `all` (a sink holding them in order).
+    pub(crate) fn slice(all: &[AuditEvent], after: u64, limit: usize) -> Self {
+        let start = usize::try_from(after).unwrap_or(usize::MAX).min(all.len());
+        let end = start.saturating_add(limit).min(all.len());
+        Self {
+            data: all[start..end].to_vec(),
+            has_more: end < all.len(),
+            next: end as u64,
+        }
+    }
 }
 
 /// Keeps events in memory.
@@ -130,21 +170,49 @@ impl MemoryAuditSink {
     pub fn events(&self) -> Vec<AuditEvent> {
         self.events.lock().map(|e| e.clone()).unwrap_or_default()
     }
+
+    /// The events of `action`, once there is one or `timeout` has passed (then none). Key
+    /// events reach the audit trail from a task of their own, a moment after they happen.
+    pub async fn wait_for(&self, action: &str, timeout: std::time::Duration) -> Vec<AuditEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let found: Vec<_> = self
+                .events()
+                .into_iter()
+                .filter(|e| e.action == action)
+                .collect();
+            if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
+#[async_trait]
 impl AuditSink for MemoryAuditSink {
-    fn record(&self, event: &AuditEvent) -> Result<()> {
+    async fn record(&self, event: &AuditEvent) -> Result<()> {
         self.events
             .lock()
             .map_err(|_| Error::configuration("audit sink lock poisoned"))?
             .push(event.clone());
         Ok(())
     }
+
+    async fn page(&self, after: u64, limit: usize) -> Result<AuditPage> {
+        let events = self
+            .events
+            .lock()
+            .map_err(|_| Error::configuration("audit sink lock poisoned"))?;
+        Ok(AuditPage::slice(&events, after, limit))
+    }
 }
 
-/// Appends one JSON object per line to a file, flushed and synced per event.
+/// Appends one JSON object per line to a file, flushed and synced per event. Read back, the
+/// cursor is the number of lines before the page.
 #[derive(Debug)]
 pub struct JsonLinesAuditSink {
+    path: PathBuf,
     file: Mutex<std::fs::File>,
 }
 
@@ -162,13 +230,15 @@ impl JsonLinesAuditSink {
                 Error::from(e).with_context(format!("opening {}", path.as_ref().display()))
             })?;
         Ok(Self {
+            path: path.as_ref().to_owned(),
             file: Mutex::new(file),
         })
     }
 }
 
+#[async_trait]
 impl AuditSink for JsonLinesAuditSink {
-    fn record(&self, event: &AuditEvent) -> Result<()> {
+    async fn record(&self, event: &AuditEvent) -> Result<()> {
         let mut line =
             serde_json::to_vec(event).map_err(|e| Error::configuration(e.to_string()))?;
         line.push(b'\n');
@@ -180,14 +250,35 @@ impl AuditSink for JsonLinesAuditSink {
         file.sync_data()?;
         Ok(())
     }
+
+    async fn page(&self, after: u64, limit: usize) -> Result<AuditPage> {
+        let path = self.path.clone();
+        crate::files::blocking(move || {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::from(e).with_context(format!("reading {}", path.display())))?;
+            // A line cut short by a crash while writing is not an event (yet).
+            let events = text
+                .split_inclusive('\n')
+                .filter(|line| line.ends_with('\n'))
+                .map(|line| {
+                    serde_json::from_str(line).map_err(|e| {
+                        Error::invalid_input(format!("{} is corrupt: {e}", path.display()))
+                    })
+                })
+                .collect::<Result<Vec<AuditEvent>>>()?;
+            Ok(AuditPage::slice(&events, after, limit))
+        })
+        .await
+    }
 }
 
 /// Emits events as `tracing` events (target `cmek::audit`, level INFO).
 #[derive(Debug, Default)]
 pub struct TracingAuditSink;
 
+#[async_trait]
 impl AuditSink for TracingAuditSink {
-    fn record(&self, event: &AuditEvent) -> Result<()> {
+    async fn record(&self, event: &AuditEvent) -> Result<()> {
         tracing::info!(
             target: "cmek::audit",
             action = event.action.as_str(),
@@ -206,8 +297,20 @@ impl AuditSink for TracingAuditSink {
 #[derive(Debug)]
 pub struct FanOutAuditSink(pub Vec<std::sync::Arc<dyn AuditSink>>);
 
+#[async_trait]
 impl AuditSink for FanOutAuditSink {
-    fn record(&self, event: &AuditEvent) -> Result<()> {
-        self.0.iter().try_for_each(|sink| sink.record(event))
+    async fn record(&self, event: &AuditEvent) -> Result<()> {
+        for sink in &self.0 {
+            sink.record(event).await?;
+        }
+        Ok(())
+    }
+
+    /// The feed of the first sink.
+    async fn page(&self, after: u64, limit: usize) -> Result<AuditPage> {
+        match self.0.first() {
+            Some(sink) => sink.page(after, limit).await,
+            None => Ok(AuditPage::slice(&[], after, limit)),
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! Building a [`ControlPlane`]: its stores, audit trail, backends and client.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
 
 use super::backends::Backends;
 use super::resolver::Plane;
@@ -17,6 +19,9 @@ use crate::kms::health::{KeyEvent, KeyEventKind, KeyState};
 use crate::kms::{BreakerConfig, KeyBinding, KmsBackend, RetryPolicy};
 use crate::store::{DekStore, MemoryDekStore};
 
+/// How long a job's lease lasts unless renewed, by default.
+const DEFAULT_JOB_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Builds a [`ControlPlane`].
 #[derive(Default)]
 #[must_use]
@@ -30,6 +35,8 @@ pub struct ControlPlaneBuilder {
     retry: RetryPolicy,
     deadline: Option<std::time::Duration>,
     breaker: BreakerConfig,
+    node: Option<String>,
+    job_lease: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for ControlPlaneBuilder {
@@ -95,6 +102,20 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// This node's name in job leases (default: host name, process id and a random suffix,
+    /// unique to this control plane).
+    pub fn node(mut self, name: impl Into<String>) -> Self {
+        self.node = Some(name.into());
+        self
+    }
+
+    /// How long a job's lease (a rewrap's) lasts unless renewed; renewed after every batch,
+    /// and what a crashed node holds a job for at most. Default 60 s.
+    pub fn job_lease(mut self, ttl: std::time::Duration) -> Self {
+        self.job_lease = Some(ttl);
+        self
+    }
+
     /// Builds the control plane and its client.
     ///
     /// # Errors
@@ -118,6 +139,8 @@ impl ControlPlaneBuilder {
             dek_store: dek_store.clone(),
             backends: Arc::new(Backends::new(factory)),
             audit: audit.clone(),
+            node: self.node.unwrap_or_else(super::jobs::default_node_name),
+            job_lease: self.job_lease.unwrap_or(DEFAULT_JOB_LEASE),
             provider_managed: KeyBinding::new(
                 KeyConfigId::new(PROVIDER_MANAGED)?,
                 provider_managed,
@@ -133,16 +156,65 @@ impl ControlPlaneBuilder {
             client = client.deadline(deadline);
         }
         let client = client.build()?;
-        client.subscribe_key_events(Arc::new(move |event| {
-            audit_key_event(audit.as_ref(), event)
-        }));
+        let key_events = KeyEventAudit::new(audit);
+        client.subscribe_key_events(Arc::new(move |event| key_events.send(event)));
         Ok(ControlPlane { inner, client })
     }
 }
 
 /// Writes the key events an admin should see into the audit trail: revocations detected,
-/// access restored, degraded mode starting and ending.
-fn audit_key_event(audit: &dyn AuditSink, event: &KeyEvent) {
+/// access restored, degraded mode starting and ending. Key events arrive synchronously (a
+/// listener must not block) and recording is asynchronous, so they go in order through a
+/// channel to one task on the runtime that saw the first of them.
+struct KeyEventAudit {
+    audit: Arc<dyn AuditSink>,
+    queue: Mutex<Option<mpsc::UnboundedSender<AuditEvent>>>,
+}
+
+impl KeyEventAudit {
+    fn new(audit: Arc<dyn AuditSink>) -> Self {
+        Self {
+            audit,
+            queue: Mutex::new(None),
+        }
+    }
+
+    fn send(&self, event: &KeyEvent) {
+        let Some(record) = audit_event_of(event) else {
+            return;
+        };
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // The task is gone when its runtime was shut down: start another on this one.
+        let record = match queue.as_ref() {
+            Some(tx) => match tx.send(record) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(record)) => record,
+            },
+            None => record,
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                action = record.action,
+                "a key event outside a Tokio runtime is not recorded in the audit trail"
+            );
+            return;
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<AuditEvent>();
+        let _ = tx.send(record);
+        let audit = self.audit.clone();
+        runtime.spawn(async move {
+            while let Some(record) = rx.recv().await {
+                if let Err(e) = audit.record(&record).await {
+                    tracing::warn!(error = %e, action = record.action, "could not record a key event in the audit trail");
+                }
+            }
+        });
+        *queue = Some(tx);
+    }
+}
+
+/// The audit event of a key event an admin should see, if it is one.
+fn audit_event_of(event: &KeyEvent) -> Option<AuditEvent> {
     let action = match &event.kind {
         KeyEventKind::StateChanged {
             revocation: true, ..
@@ -154,7 +226,7 @@ fn audit_key_event(audit: &dyn AuditSink, event: &KeyEvent) {
         } => "key.restored",
         KeyEventKind::DegradedStarted => "key.degraded_started",
         KeyEventKind::DegradedEnded => "key.degraded_ended",
-        _ => return,
+        _ => return None,
     };
     let mut record = AuditEvent::new(&Actor::system(), action, Outcome::Success);
     if let Ok(id) = ExternalKeyId::new(event.key_config.as_str()) {
@@ -164,7 +236,5 @@ fn audit_key_event(audit: &dyn AuditSink, event: &KeyEvent) {
         Some(cause) => format!("{}: {cause}", event.key_id),
         None => event.key_id.clone(),
     };
-    if let Err(e) = audit.record(&record.detail(detail)) {
-        tracing::warn!(error = %e, action, "could not record a key event in the audit trail");
-    }
+    Some(record.detail(detail))
 }

@@ -10,16 +10,18 @@
 //!
 //! Layout: `external_keys/<id>.json` (and `<id>.lock`), `compartments/<id>.json`,
 //! `attachments/<id>` (the attached `ekey_` id, the source of truth for the write-once field),
-//! `rewrap_jobs/<id>.json`.
+//! `rewrap_jobs/<id>.json`, `leases/<job>.json` (and `<job>.lock`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
+use super::jobs::{JobLease, check_job_name};
 use super::model::{Compartment, ExternalKey, ExternalKeyId};
 use super::rewrap::RewrapJob;
 use super::store::{ControlStore, attachable, mark_deleted, reattachable, swappable};
@@ -36,11 +38,12 @@ pub struct FileControlStore {
     root: Arc<Path>,
 }
 
-const DIRS: [&str; 4] = [
+const DIRS: [&str; 5] = [
     "external_keys",
     "compartments",
     "attachments",
     "rewrap_jobs",
+    "leases",
 ];
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
@@ -109,6 +112,11 @@ impl FileControlStore {
 
     fn job_path(&self, id: &ExternalKeyId) -> PathBuf {
         self.root.join("rewrap_jobs").join(format!("{id}.json"))
+    }
+
+    fn lease_path(&self, job: &str) -> Result<PathBuf> {
+        check_job_name(job)?;
+        Ok(self.root.join("leases").join(format!("{job}.json")))
     }
 }
 
@@ -351,6 +359,45 @@ impl ControlStore for FileControlStore {
 
     async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>> {
         let path = self.job_path(key);
+        blocking(move || read_json(&path)).await
+    }
+
+    async fn acquire_lease(&self, job: &str, holder: &str, ttl: Duration) -> Result<JobLease> {
+        let (path, job, holder) = (self.lease_path(job)?, job.to_owned(), holder.to_owned());
+        blocking(move || {
+            // Read and replace under the lease's lock, which other processes respect too.
+            let _locked = lock_exclusive(&path.with_extension("lock"))?;
+            let now = super::now();
+            let stored: Option<JobLease> = read_json(&path)?;
+            if let Some(lease) = stored
+                && !lease.takeable_by(&holder, now)
+            {
+                return Err(lease.held());
+            }
+            let lease = JobLease::new(&job, &holder, now, ttl);
+            write_json(&path, &lease)?;
+            Ok(lease)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, job: &str, holder: &str) -> Result<()> {
+        let (path, holder) = (self.lease_path(job)?, holder.to_owned());
+        blocking(move || {
+            let _locked = lock_exclusive(&path.with_extension("lock"))?;
+            let stored: Option<JobLease> = read_json(&path)?;
+            if stored.is_some_and(|lease| lease.holder == holder) {
+                std::fs::remove_file(&path).map_err(|e| {
+                    Error::from(e).with_context(format!("removing {}", path.display()))
+                })?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lease(&self, job: &str) -> Result<Option<JobLease>> {
+        let path = self.lease_path(job)?;
         blocking(move || read_json(&path)).await
     }
 }

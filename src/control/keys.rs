@@ -84,7 +84,7 @@ impl ControlPlane {
             let detail =
                 format!("external key {id} is deleted: it cannot be validated or attached");
             let event = AuditEvent::new(actor, "external_key.validate", Outcome::Failure).key(id);
-            self.inner.record(event.detail(detail.clone()))?;
+            self.inner.record(event.detail(detail.clone())).await?;
             return Err(Error::new(ErrorKind::Validation, detail));
         }
         let result = match self.within_deadline(self.inner.backend(&key)).await {
@@ -118,7 +118,7 @@ impl ControlPlane {
         if let Some(e) = &result.error {
             event = event.detail(format!("{}: {}", e.kind, e.message));
         }
-        self.inner.record(event)?;
+        self.inner.record(event).await?;
         Ok(result)
     }
 

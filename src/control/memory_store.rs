@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use super::jobs::{JobLease, check_job_name};
 use super::model::{Compartment, ExternalKey, ExternalKeyId};
 use super::rewrap::RewrapJob;
 use super::store::{ControlStore, attachable, mark_deleted, reattachable, swappable};
@@ -23,6 +25,7 @@ struct MemoryState {
     keys: HashMap<ExternalKeyId, ExternalKey>,
     compartments: HashMap<CompartmentId, Compartment>,
     jobs: HashMap<ExternalKeyId, RewrapJob>,
+    leases: HashMap<String, JobLease>,
 }
 
 impl MemoryState {
@@ -168,5 +171,31 @@ impl ControlStore for MemoryControlStore {
 
     async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>> {
         Ok(self.lock().jobs.get(key).cloned())
+    }
+
+    async fn acquire_lease(&self, job: &str, holder: &str, ttl: Duration) -> Result<JobLease> {
+        check_job_name(job)?;
+        let now = super::now();
+        let mut s = self.lock();
+        if let Some(lease) = s.leases.get(job)
+            && !lease.takeable_by(holder, now)
+        {
+            return Err(lease.held());
+        }
+        let lease = JobLease::new(job, holder, now, ttl);
+        s.leases.insert(job.to_owned(), lease.clone());
+        Ok(lease)
+    }
+
+    async fn release_lease(&self, job: &str, holder: &str) -> Result<()> {
+        let mut s = self.lock();
+        if s.leases.get(job).is_some_and(|l| l.holder == holder) {
+            s.leases.remove(job);
+        }
+        Ok(())
+    }
+
+    async fn lease(&self, job: &str) -> Result<Option<JobLease>> {
+        Ok(self.lock().leases.get(job).cloned())
     }
 }

@@ -43,6 +43,7 @@ mod builder;
 mod compartments;
 mod factory;
 mod file_store;
+pub(crate) mod jobs;
 mod keys;
 mod memory_store;
 mod model;
@@ -57,10 +58,12 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 pub use audit::{
-    Actor, AuditEvent, AuditSink, JsonLinesAuditSink, MemoryAuditSink, Outcome, TracingAuditSink,
+    Actor, AuditEvent, AuditPage, AuditSink, JsonLinesAuditSink, MemoryAuditSink, Outcome,
+    TracingAuditSink,
 };
 pub use factory::{BackendFactory, DefaultBackendFactory};
 pub use file_store::FileControlStore;
+pub use jobs::JobLease;
 pub use memory_store::MemoryControlStore;
 pub use model::{
     Compartment, CreateExternalKey, ExternalKey, ExternalKeyId, ExternalKeyType, ProviderConfig,
@@ -134,14 +137,14 @@ impl ControlPlane {
             Ok(value) => {
                 let mut event = event;
                 event.detail = detail(&value);
-                self.inner.record(event)?;
+                self.inner.record(event).await?;
                 Ok(value)
             }
             Err(e) => {
                 let mut event = event;
                 event.outcome = Outcome::Failure;
                 event.detail = Some(e.to_string());
-                self.inner.record(event)?;
+                self.inner.record(event).await?;
                 Err(e)
             }
         }

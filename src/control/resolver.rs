@@ -20,6 +20,10 @@ pub(super) struct Plane {
     pub(super) audit: Arc<dyn AuditSink>,
     pub(super) provider_managed: KeyBinding,
     pub(super) backends: Arc<Backends>,
+    /// This node's name, as job leases give it.
+    pub(super) node: String,
+    /// How long a job's lease lasts unless renewed.
+    pub(super) job_lease: std::time::Duration,
 }
 
 impl fmt::Debug for Plane {
@@ -31,8 +35,8 @@ impl fmt::Debug for Plane {
 }
 
 impl Plane {
-    pub(super) fn record(&self, event: AuditEvent) -> Result<()> {
-        self.audit.record(&event)
+    pub(super) async fn record(&self, event: AuditEvent) -> Result<()> {
+        self.audit.record(&event).await
     }
 
     pub(super) async fn key(&self, id: &ExternalKeyId) -> Result<ExternalKey> {

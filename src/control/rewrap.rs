@@ -16,6 +16,7 @@ use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::jobs::JobLease;
 use super::model::ExternalKeyId;
 use super::{Actor, AuditEvent, ControlPlane, Outcome, now};
 use crate::error::{ErrorKind, Result};
@@ -50,6 +51,9 @@ pub struct RewrapJob {
     /// When it finished, or `null` while under way or interrupted.
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// The node that ran it last (see [`ControlPlane::job_lease`] for who runs it now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl RewrapJob {
@@ -64,6 +68,7 @@ impl RewrapJob {
             unreadable: 0,
             started_at: super::now(),
             finished_at: None,
+            node: None,
         }
     }
 
@@ -203,16 +208,63 @@ impl ControlPlane {
             .within_deadline(self.inner.backends.built(&key))
             .await?
             .backend;
+        // One node at a time: the others are told who runs it.
+        let lease = rewrap_job_name(id);
+        let (node, ttl) = (self.inner.node.as_str(), self.inner.job_lease);
+        if let Err(e) = self.inner.store.acquire_lease(&lease, node, ttl).await {
+            self.inner
+                .record(
+                    AuditEvent::new(actor, "rewrap.start", Outcome::Failure)
+                        .key(id)
+                        .detail(e.message().to_owned()),
+                )
+                .await?;
+            return Err(e);
+        }
+        let outcome = self
+            .rewrap_holding_lease(actor, id, &key, keys, batch, &mut progress)
+            .await;
+        if let Err(e) = self.inner.store.release_lease(&lease, node).await {
+            tracing::warn!(error = %e, job = lease, "could not give up a job lease; it lapses by itself");
+        }
+        outcome
+    }
+
+    /// Who runs the job named `job` (such as a rewrap: `rewrap.<external key id>`), if anyone
+    /// took it and did not give it up; a lapsed lease is returned too.
+    ///
+    /// # Errors
+    /// The store's failure.
+    pub async fn job_lease(&self, job: &str) -> Result<Option<JobLease>> {
+        self.inner.store.lease(job).await
+    }
+
+    /// The rest of [`ControlPlane::rewrap`], once this node holds the job's lease (renewed
+    /// after every batch).
+    async fn rewrap_holding_lease(
+        &self,
+        actor: &Actor,
+        id: &ExternalKeyId,
+        key: &super::ExternalKey,
+        keys: std::sync::Arc<RotatingBackend>,
+        batch: usize,
+        progress: &mut impl FnMut(&RewrapJob),
+    ) -> Result<RewrapJob> {
         let target = keys.wrapping_key_id().unwrap_or_default().to_owned();
+        let lease = rewrap_job_name(id);
+        let (node, ttl) = (self.inner.node.as_str(), self.inner.job_lease);
         let mut job = match self.inner.store.rewrap_job(id).await? {
             Some(job) if job.target_key_ref == target && job.finished_at.is_none() => job,
             _ => RewrapJob::new(id.clone(), target.clone()),
         };
-        self.inner.record(
-            AuditEvent::new(actor, "rewrap.start", Outcome::Success)
-                .key(id)
-                .detail(format!("to {target}, from {:?}", job.cursor)),
-        )?;
+        job.node = Some(node.to_owned());
+        self.inner
+            .record(
+                AuditEvent::new(actor, "rewrap.start", Outcome::Success)
+                    .key(id)
+                    .detail(format!("to {target}, from {:?}", job.cursor)),
+            )
+            .await?;
         let compartments = self.inner.store.attached_compartments(id).await?;
         let store = self.inner.store.clone();
         let backend = self.client.layers().in_use(keys.clone());
@@ -225,6 +277,8 @@ impl ControlPlane {
         let outcome = rewrapper
             .run(&mut job, &compartments, batch, async |job: &RewrapJob| {
                 store.put_rewrap_job(job).await?;
+                // Renewed, or lost to another node after a stall longer than its time to live.
+                store.acquire_lease(&lease, node, ttl).await?;
                 progress(job);
                 Ok(())
             })
@@ -245,22 +299,31 @@ impl ControlPlane {
                 } else {
                     Outcome::Failure
                 };
-                self.inner.record(
-                    AuditEvent::new(actor, "rewrap.complete", outcome)
-                        .key(id)
-                        .detail(summary(&job)),
-                )?;
+                self.inner
+                    .record(
+                        AuditEvent::new(actor, "rewrap.complete", outcome)
+                            .key(id)
+                            .detail(summary(&job)),
+                    )
+                    .await?;
                 Ok(job)
             }
             Err(e) => {
                 self.inner.store.put_rewrap_job(&job).await?;
-                self.inner.record(
-                    AuditEvent::new(actor, "rewrap.complete", Outcome::Failure)
-                        .key(id)
-                        .detail(format!("{}; interrupted: {e}", summary(&job))),
-                )?;
+                self.inner
+                    .record(
+                        AuditEvent::new(actor, "rewrap.complete", Outcome::Failure)
+                            .key(id)
+                            .detail(format!("{}; interrupted: {e}", summary(&job))),
+                    )
+                    .await?;
                 Err(e)
             }
         }
     }
+}
+
+/// The name of the lease of `id`'s rewrap.
+fn rewrap_job_name(id: &ExternalKeyId) -> String {
+    format!("rewrap.{id}")
 }

@@ -2,10 +2,12 @@
 //! implementation applies the same way (write-once attachment, compare-and-swap, deletion).
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use super::jobs::JobLease;
 use super::model::{Compartment, ExternalKey, ExternalKeyId};
 use super::rewrap::RewrapJob;
 use crate::error::{Error, ErrorKind, Result};
@@ -113,6 +115,27 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// The store's failure.
     async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>>;
+
+    /// Takes (or renews) the lease of `job` for `holder` for `ttl`, by the store's clock, if
+    /// no other holder has it or theirs has lapsed: atomically, so of nodes racing for a job
+    /// exactly one gets it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::AlreadyExists`] (409, conflict) naming the holder and when the lease
+    /// lapses; [`ErrorKind::InvalidInput`] for a bad job name.
+    async fn acquire_lease(&self, job: &str, holder: &str, ttl: Duration) -> Result<JobLease>;
+
+    /// Gives up the lease of `job` if `holder` holds it (otherwise nothing changes).
+    ///
+    /// # Errors
+    /// The store's failure.
+    async fn release_lease(&self, job: &str, holder: &str) -> Result<()>;
+
+    /// The lease of `job`, lapsed or not, if one was taken and not given up.
+    ///
+    /// # Errors
+    /// The store's failure.
+    async fn lease(&self, job: &str) -> Result<Option<JobLease>>;
 }
 
 /// Whether `key` (stored as `stored`) may be attached: it exists and is not deleted.

@@ -1,14 +1,17 @@
 //! [`PostgresControlStore`]: configurations, compartments and rewrap jobs as rows, with the
 //! control plane's rules enforced by the database (row locks, conditional updates).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio_postgres::types::Json;
 
 use super::changes::{Change, record};
 use super::{OpError, Postgres, column};
+use crate::control::jobs::check_job_name;
 use crate::control::store::{attachable, mark_deleted, reattachable, swappable};
-use crate::control::{Compartment, ControlStore, ExternalKey, ExternalKeyId, RewrapJob};
+use crate::control::{Compartment, ControlStore, ExternalKey, ExternalKeyId, JobLease, RewrapJob};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::CompartmentId;
 
@@ -26,12 +29,12 @@ impl PostgresControlStore {
 }
 
 /// Unix nanoseconds, as the tables keep times.
-fn nanos(at: OffsetDateTime) -> std::result::Result<i64, OpError> {
+pub(super) fn nanos(at: OffsetDateTime) -> std::result::Result<i64, OpError> {
     i64::try_from(at.unix_timestamp_nanos())
         .map_err(|_| Error::invalid_input(format!("time {at} is out of range")).into())
 }
 
-fn time_of(nanos: i64) -> std::result::Result<OffsetDateTime, OpError> {
+pub(super) fn time_of(nanos: i64) -> std::result::Result<OffsetDateTime, OpError> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
         .map_err(|e| Error::invalid_input(format!("a stored time is out of range: {e}")).into())
 }
@@ -401,6 +404,19 @@ impl ControlStore for PostgresControlStore {
                     .transpose()
             })
             .await
+    }
+
+    async fn acquire_lease(&self, job: &str, holder: &str, ttl: Duration) -> Result<JobLease> {
+        check_job_name(job)?;
+        self.db.acquire_lease(job, holder, ttl).await
+    }
+
+    async fn release_lease(&self, job: &str, holder: &str) -> Result<()> {
+        self.db.release_lease(job, holder).await
+    }
+
+    async fn lease(&self, job: &str) -> Result<Option<JobLease>> {
+        self.db.lease(job).await
     }
 }
 

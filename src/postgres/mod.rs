@@ -29,10 +29,12 @@
 //! Connections are plain TCP: use it on a private network or over a local socket (TLS is not
 //! offered yet).
 
+mod audit;
 mod changes;
 mod control_store;
 mod dek_store;
 mod errors;
+mod leases;
 mod schema;
 
 use std::fmt;
@@ -41,6 +43,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+pub use audit::PostgresAuditSink;
 pub use changes::{Change, ChangeFeed, FeedOptions};
 pub use control_store::PostgresControlStore;
 pub use dek_store::PostgresDekStore;
@@ -132,6 +135,11 @@ impl Postgres {
     /// The DEK records in this database.
     pub fn dek_store(&self) -> PostgresDekStore {
         PostgresDekStore::new(self.clone())
+    }
+
+    /// The audit trail in this database, readable as an activity feed.
+    pub fn audit_sink(&self) -> PostgresAuditSink {
+        PostgresAuditSink::new(self.clone())
     }
 
     /// The control plane's state in this database.

@@ -61,8 +61,23 @@ CREATE TABLE cmek_changes (
 );
 ";
 
+/// Version 3: job leases (times by the database's clock, in Unix nanoseconds) and the audit
+/// trail, numbered by a sequence for paging.
+const V3: &str = "
+CREATE TABLE cmek_leases (
+    job text PRIMARY KEY,
+    holder text NOT NULL,
+    expires_at_ns bigint NOT NULL
+);
+
+CREATE TABLE cmek_audit (
+    seq bigserial PRIMARY KEY,
+    event jsonb NOT NULL
+);
+";
+
 /// Every migration, in order: `(version, SQL)`.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// The version [`migrate`] brings a database to.
 pub(super) const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -281,12 +281,11 @@ async fn a_disabled_kms_key_makes_data_unreadable_within_the_cache_bound() {
         ErrorKind::KeyRevoked
     );
 
+    // Key events are recorded by a task of their own: wait for it.
     let detected: Vec<AuditEvent> = f
         .audit
-        .events()
-        .into_iter()
-        .filter(|e| e.action == "key.revocation_detected")
-        .collect();
+        .wait_for("key.revocation_detected", Duration::from_secs(5))
+        .await;
     assert_eq!(
         detected.len(),
         1,

@@ -102,3 +102,12 @@ async fn the_suites_pass_on_a_database_defaulting_to_serializable() {
     let next = handles(&url, 20).await;
     store_conformance::control_store(move || Arc::new(next().control_store())).await;
 }
+
+/// The audit trail reads back as an activity feed, in order, from any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_sink_passes_the_suite() {
+    let Some(server) = server() else { return };
+    let url = fresh_database(&server).await;
+    let db = Postgres::connect(&url).await.expect("connect");
+    store_conformance::audit_sink(Arc::new(db.audit_sink())).await;
+}

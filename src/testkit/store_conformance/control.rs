@@ -35,6 +35,8 @@ where
     super::races::delete_attach_race_never_crosses(&racers).await;
     attached_compartments_query(&*store).await;
     rewrap_jobs_round_trip(&*store).await;
+    super::leases::lease_race_has_one_holder(&racers).await;
+    super::leases::leases_renew_release_and_lapse(&*store).await;
     super::races::delete_races_attachments_and_creations(&racers).await;
     restart_keeps_state(&*store, open).await;
 }

@@ -1,7 +1,8 @@
 //! The conformance suites every store must pass, like [`conformance`](super::conformance) for
 //! KMS backends: [`dek_store`] for a [`DekStore`](crate::DekStore), [`control_store`] for a
-//! [`ControlStore`](crate::control::ControlStore). Each check panics with a message naming what
-//! went wrong; the single checks are public in [`dek`], [`control`] and [`races`].
+//! [`ControlStore`](crate::control::ControlStore), [`audit_sink`] for an
+//! [`AuditSink`](crate::control::AuditSink) read back as an activity feed. Each check panics with a message naming what
+//! went wrong; the single checks are public in [`dek`], [`control`], [`races`] and [`leases`].
 //!
 //! A suite takes `open`, which opens the store under test over the *same* backing state each time
 //! it is called (the same directory, the same database; for an in-memory store, the same
@@ -20,9 +21,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod control;
 pub mod dek;
+pub mod leases;
 pub mod races;
 
+pub use audit::audit_sink;
 pub use control::control_store;
 pub use dek::dek_store;
