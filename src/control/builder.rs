@@ -65,6 +65,16 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// Keeps configurations, compartments, DEK records and the audit trail in the PostgreSQL
+    /// database `db` ([`Postgres::connect`](crate::postgres::Postgres::connect) takes its
+    /// `postgres://` URL), shared by every node on it.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(self, db: &crate::postgres::Postgres) -> Self {
+        self.store(Arc::new(db.control_store()))
+            .dek_store(Arc::new(db.dek_store()))
+            .audit(Arc::new(db.audit_sink()))
+    }
+
     /// How provider configurations become backends (default: [`DefaultBackendFactory`]).
     pub fn factory(mut self, factory: Arc<dyn BackendFactory>) -> Self {
         self.factory = Some(factory);

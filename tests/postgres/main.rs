@@ -5,6 +5,7 @@
 
 mod feed;
 mod migrations;
+mod nodes;
 
 use std::sync::{Arc, Mutex};
 

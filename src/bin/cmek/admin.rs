@@ -1,71 +1,20 @@
-//! The control-plane commands (`keys`, `compartments`, `rewrap`) over an embedded state
-//! directory, printing the reference API's JSON shapes.
+//! The control-plane commands (`keys`, `compartments`, `rewrap`) over a state directory or a
+//! PostgreSQL database, printing the reference API's JSON shapes.
 
-use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use cmek::control::{
-    Actor, ControlPlane, CreateExternalKey, DefaultBackendFactory, ExternalKeyId, FileControlStore,
-    JsonLinesAuditSink, ProviderConfig, ValidationStatus,
+    Actor, ControlPlane, CreateExternalKey, ExternalKeyId, ProviderConfig, ValidationStatus,
 };
-use cmek::{CompartmentId, Error, ErrorKind, FileDekStore, LocalKms};
+use cmek::{CompartmentId, Error, ErrorKind};
 use serde::Serialize;
 
 use crate::cli::{CompartmentsCommand, KeysCommand, StateArgs};
+use crate::state::{Create, open_plane};
 
-/// The provider-managed key's file in a state directory, and its key id.
-const PROVIDER_MANAGED_FILE: &str = "provider-managed.key";
-const PROVIDER_MANAGED_KEY_ID: &str = "local:provider-managed";
-
-/// Whether a command may make a new state directory (only those that create something).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Create {
-    Yes,
-    No,
-}
-
-/// Opens the control plane kept in `dir`: `control/` (configurations, compartments, rewrap
-/// jobs), `dek_records/`, `audit.jsonl` and the provider-managed key file. Only a command that
-/// creates something makes a new one: elsewhere a missing state is a mistyped path.
-pub(crate) fn open_plane(dir: &Path, create: Create) -> cmek::Result<ControlPlane> {
-    if create == Create::No && !dir.join("control").is_dir() {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            format!(
-                "no cmek state in {} (`cmek keys create` or `cmek compartments create` makes one)",
-                dir.display()
-            ),
-        ));
-    }
-    std::fs::create_dir_all(dir)?;
-    let key_file = dir.join(PROVIDER_MANAGED_FILE);
-    if create == Create::No && !key_file.exists() {
-        // A new key would make every provider-managed envelope of this state unreadable.
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            format!(
-                "the state in {} has no provider-managed key file ({PROVIDER_MANAGED_FILE}); restore it from a backup",
-                dir.display()
-            ),
-        ));
-    }
-    let provider_managed = if key_file.exists() {
-        LocalKms::open(&key_file)?
-    } else {
-        LocalKms::create(&key_file, PROVIDER_MANAGED_KEY_ID)?
-    };
-    ControlPlane::builder()
-        .store(Arc::new(FileControlStore::open(dir.join("control"))?))
-        .dek_store(Arc::new(FileDekStore::open(dir.join("dek_records"))?))
-        .audit(Arc::new(JsonLinesAuditSink::open(dir.join("audit.jsonl"))?))
-        .factory(Arc::new(DefaultBackendFactory::new()))
-        .provider_managed(Arc::new(provider_managed))
-        .build()
-}
-
-fn open(state: &StateArgs, create: Create) -> cmek::Result<(ControlPlane, Actor)> {
-    Ok((open_plane(&state.state, create)?, Actor::new(&state.actor)))
+async fn open(state: &StateArgs, create: Create) -> cmek::Result<(ControlPlane, Actor)> {
+    let plane = open_plane(&state.state, state.provider_key.as_deref(), create).await?;
+    Ok((plane, Actor::new(&state.actor)))
 }
 
 /// A local key file named relative to the working directory, made absolute: the stored
@@ -129,21 +78,21 @@ pub(crate) async fn keys(command: KeysCommand) -> cmek::Result<ExitCode> {
                 }
             };
             absolute_key_file(&mut request.provider_config)?;
-            let (plane, actor) = open(&state, Create::Yes)?;
+            let (plane, actor) = open(&state, Create::Yes).await?;
             print(&plane.create_external_key(&actor, request).await?)?;
         }
         KeysCommand::List { state } => {
-            let (plane, _) = open(&state, Create::No)?;
+            let (plane, _) = open(&state, Create::No).await?;
             print(&List {
                 data: plane.external_keys().await?,
             })?;
         }
         KeysCommand::Show { state, id } => {
-            let (plane, _) = open(&state, Create::No)?;
+            let (plane, _) = open(&state, Create::No).await?;
             print(&plane.external_key(&ExternalKeyId::new(id)?).await?)?;
         }
         KeysCommand::Validate { state, id } => {
-            let (plane, actor) = open(&state, Create::No)?;
+            let (plane, actor) = open(&state, Create::No).await?;
             let result = plane
                 .validate_external_key(&actor, &ExternalKeyId::new(id)?)
                 .await?;
@@ -160,7 +109,7 @@ pub(crate) async fn keys(command: KeysCommand) -> cmek::Result<ExitCode> {
             let mut config: ProviderConfig =
                 json_argument(&provider_config, "the provider config")?;
             absolute_key_file(&mut config)?;
-            let (plane, actor) = open(&state, Create::No)?;
+            let (plane, actor) = open(&state, Create::No).await?;
             print(
                 &plane
                     .rotate_external_key(&actor, &ExternalKeyId::new(id)?, config)
@@ -168,7 +117,7 @@ pub(crate) async fn keys(command: KeysCommand) -> cmek::Result<ExitCode> {
             )?;
         }
         KeysCommand::Delete { state, id, force } => {
-            let (plane, actor) = open(&state, Create::No)?;
+            let (plane, actor) = open(&state, Create::No).await?;
             print(
                 &plane
                     .delete_external_key(&actor, &ExternalKeyId::new(id)?, force)
@@ -186,7 +135,7 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
             state,
             external_key_id,
         } => {
-            let (plane, actor) = open(&state, Create::Yes)?;
+            let (plane, actor) = open(&state, Create::Yes).await?;
             let key = external_key_id.map(ExternalKeyId::new).transpose()?;
             print(&plane.create_compartment(&actor, key.as_ref()).await?)?;
         }
@@ -195,7 +144,7 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
             compartment_id,
             external_key_id,
         } => {
-            let (plane, actor) = open(&state, Create::No)?;
+            let (plane, actor) = open(&state, Create::No).await?;
             let compartment = CompartmentId::new(compartment_id)?;
             let key = ExternalKeyId::new(external_key_id)?;
             print(
@@ -208,7 +157,7 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
             state,
             compartment_id,
         } => {
-            let (plane, _) = open(&state, Create::No)?;
+            let (plane, _) = open(&state, Create::No).await?;
             print(
                 &plane
                     .compartment(&CompartmentId::new(compartment_id)?)
@@ -216,7 +165,7 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
             )?;
         }
         CompartmentsCommand::List { state } => {
-            let (plane, _) = open(&state, Create::No)?;
+            let (plane, _) = open(&state, Create::No).await?;
             print(&List {
                 data: plane.compartments().await?,
             })?;
@@ -228,7 +177,7 @@ pub(crate) async fn compartments(command: CompartmentsCommand) -> cmek::Result<E
 /// `cmek rewrap …`: progress on stderr, the finished job on stdout; fails when records were
 /// left unreadable.
 pub(crate) async fn rewrap(state: StateArgs, id: String, batch: usize) -> cmek::Result<ExitCode> {
-    let (plane, actor) = open(&state, Create::No)?;
+    let (plane, actor) = open(&state, Create::No).await?;
     let id = ExternalKeyId::new(id)?;
     let job = plane
         .rewrap(&actor, &id, batch, |job| {

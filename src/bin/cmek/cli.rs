@@ -70,10 +70,15 @@ pub(crate) enum Command {
 /// The control plane's embedded state.
 #[derive(Debug, Args)]
 pub(crate) struct StateArgs {
-    /// State directory: configurations, compartments, DEK records, the audit trail and the
-    /// provider-managed key file (created on first use).
+    /// The control plane's state: a directory (configurations, compartments, DEK records,
+    /// the audit trail and the provider-managed key file, created on first use), or a
+    /// `postgres://` URL shared by every node (then give --provider-key too).
     #[arg(long, env = "CMEK_STATE")]
-    pub(crate) state: PathBuf,
+    pub(crate) state: String,
+    /// The provider-managed key file, with a PostgreSQL --state (created on first use; every
+    /// node needs the same one).
+    #[arg(long, env = "CMEK_PROVIDER_KEY")]
+    pub(crate) provider_key: Option<PathBuf>,
     /// Who is making the change, for the audit trail.
     #[arg(long, env = "USER", default_value = "cli")]
     pub(crate) actor: String,
@@ -177,10 +182,13 @@ pub(crate) struct CryptArgs {
     /// The local key file.
     #[arg(long, required_unless_present = "state", conflicts_with = "state")]
     pub(crate) key_file: Option<PathBuf>,
-    /// Use the control plane's state directory instead: each compartment's attached key (or
-    /// the provider-managed one), DEK records in `<state>/dek_records`.
+    /// Use the control plane's state instead: each compartment's attached key (or the
+    /// provider-managed one) and its DEK records; a directory or a `postgres://` URL.
     #[arg(long)]
-    pub(crate) state: Option<PathBuf>,
+    pub(crate) state: Option<String>,
+    /// The provider-managed key file, with a PostgreSQL --state.
+    #[arg(long, env = "CMEK_PROVIDER_KEY", requires = "state")]
+    pub(crate) provider_key: Option<PathBuf>,
     /// The compartment (tenant, workspace) the data belongs to.
     #[arg(long)]
     pub(crate) compartment: String,

@@ -6,6 +6,7 @@ mod admin;
 mod cli;
 mod demo;
 mod objects;
+mod state;
 mod streaming;
 
 use std::io::{Read, Write};
@@ -82,7 +83,7 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
                 ));
             }
             refuse_existing(args.output.as_deref(), args.force)?;
-            let client = client(&args)?;
+            let client = client(&args).await?;
             let compartment = CompartmentId::new(&args.compartment)?;
             let aad = args.aad.as_deref().unwrap_or_default().as_bytes();
             let (mut input, total) = streaming::open_input(args.input.as_deref())?;
@@ -119,7 +120,7 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
             range,
         }) => {
             refuse_existing(args.output.as_deref(), args.force)?;
-            let client = client(&args)?;
+            let client = client(&args).await?;
             let compartment = CompartmentId::new(&args.compartment)?;
             let aad = args.aad.as_deref().unwrap_or_default().as_bytes();
             let (mut input, total) = streaming::open_input(args.input.as_deref())?;
@@ -181,27 +182,29 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn client(args: &CryptArgs) -> cmek::Result<Client> {
+async fn client(args: &CryptArgs) -> cmek::Result<Client> {
     open_client(
         args.key_file.as_deref(),
         args.state.as_deref(),
+        args.provider_key.as_deref(),
         &args.key_config,
         args.dek_store.as_deref(),
     )
+    .await
 }
 
 /// The client of `--state`, or of `--key-file` (under `--key-config`, DEK records in
 /// `--dek-store`).
-pub(crate) fn open_client(
+pub(crate) async fn open_client(
     key_file: Option<&Path>,
-    state: Option<&Path>,
+    state: Option<&str>,
+    provider_key: Option<&Path>,
     key_config: &str,
     dek_store: Option<&Path>,
 ) -> cmek::Result<Client> {
     if let Some(state) = state {
-        return Ok(admin::open_plane(state, admin::Create::No)?
-            .client()
-            .clone());
+        let plane = state::open_plane(state, provider_key, state::Create::No).await?;
+        return Ok(plane.client().clone());
     }
     let Some(key_file) = key_file else {
         return Err(cmek::Error::new(

@@ -93,9 +93,13 @@ pub(crate) struct StoreArgs {
     /// The local key file.
     #[arg(long, required_unless_present = "state", conflicts_with = "state")]
     pub(crate) key_file: Option<PathBuf>,
-    /// Use the control plane's state directory instead (each compartment's attached key).
+    /// Use the control plane's state instead (each compartment's attached key): a directory
+    /// or a `postgres://` URL.
     #[arg(long)]
-    pub(crate) state: Option<PathBuf>,
+    pub(crate) state: Option<String>,
+    /// The provider-managed key file, with a PostgreSQL --state.
+    #[arg(long, env = "CMEK_PROVIDER_KEY", requires = "state")]
+    pub(crate) provider_key: Option<PathBuf>,
     /// The key configuration id recorded in envelopes (with --key-file).
     #[arg(long, default_value = "local")]
     pub(crate) key_config: String,
@@ -113,7 +117,7 @@ pub(crate) struct StoreArgs {
 pub(crate) async fn run(command: ObjectsCommand) -> cmek::Result<()> {
     match command {
         ObjectsCommand::Put { store, path, input } => {
-            let store = open(&store)?;
+            let store = open(&store).await?;
             put(&store, &Path::from(path), input.as_deref()).await
         }
         ObjectsCommand::Get {
@@ -124,12 +128,12 @@ pub(crate) async fn run(command: ObjectsCommand) -> cmek::Result<()> {
             range,
         } => {
             crate::refuse_existing(output.as_deref(), force)?;
-            let store = open(&store)?;
+            let store = open(&store).await?;
             let range = range.as_deref().map(streaming::parse_range).transpose()?;
             get(&store, &Path::from(path), range, output.as_deref(), force).await
         }
         ObjectsCommand::Ls { store, prefix } => {
-            let store = open(&store)?;
+            let store = open(&store).await?;
             let prefix = prefix.map(Path::from);
             let mut listed = store.list(prefix.as_ref());
             let mut out = String::new();
@@ -156,7 +160,7 @@ pub(crate) async fn run(command: ObjectsCommand) -> cmek::Result<()> {
             concurrency,
             source_aad,
         } => {
-            let store = open(&store_args)?;
+            let store = open(&store_args).await?;
             let mut job = Migration::new()
                 .with_batch_size(batch)
                 .with_concurrency(concurrency)
@@ -189,13 +193,15 @@ fn store_args_name(args: &StoreArgs) -> String {
     format!("{} options:{short}", args.url)
 }
 
-fn open(args: &StoreArgs) -> cmek::Result<Store> {
+async fn open(args: &StoreArgs) -> cmek::Result<Store> {
     let client = crate::open_client(
         args.key_file.as_deref(),
         args.state.as_deref(),
+        args.provider_key.as_deref(),
         &args.key_config,
         args.dek_store.as_deref(),
-    )?;
+    )
+    .await?;
     let compartments = match &args.compartment {
         Some(id) => Compartments::fixed(CompartmentId::new(id)?),
         None => Compartments::first_segment(),
