@@ -3,6 +3,7 @@
 //! `CMEK_TEST_POSTGRES_URL`; without it the tests are skipped, unless
 //! `CMEK_REQUIRE_EMULATORS` is set). Every test works in a database of its own.
 
+mod faults;
 mod feed;
 mod migrations;
 mod nodes;

@@ -113,7 +113,12 @@ impl NodeProcess {
     /// Starts a node on `url`; `listen: false` makes it rely on polling alone.
     fn start(url: &str, provider_key: &Path, listen: bool) -> Self {
         let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args(["--exact", "nodes::node_process", "--include-ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "nodes::node_process",
+                "--include-ignored",
+                "--nocapture",
+            ])
             .env("CMEK_NODE_URL", url)
             .env("CMEK_NODE_PROVIDER_KEY", provider_key)
             .env("CMEK_NODE_LISTEN", if listen { "1" } else { "0" })
@@ -140,7 +145,10 @@ impl NodeProcess {
     fn reply(&mut self) -> Result<String, (String, String)> {
         loop {
             let mut line = String::new();
-            let n = self.stdout.read_line(&mut line).expect("read from the node");
+            let n = self
+                .stdout
+                .read_line(&mut line)
+                .expect("read from the node");
             assert!(n > 0, "the node process ended");
             let line = line.trim_end();
             if let Some(ok) = line.strip_prefix("NODE ok") {
@@ -241,10 +249,16 @@ async fn three_node_processes_share_one_truth() {
         .compartment_id;
     let from_a = dir.path().join("from-a.cmek");
     let from_b = dir.path().join("from-b.cmek");
-    a.ask(&format!("encrypt {compartment} {} secret-a", from_a.display()))
-        .unwrap();
-    b.ask(&format!("encrypt {compartment} {} secret-b", from_b.display()))
-        .unwrap();
+    a.ask(&format!(
+        "encrypt {compartment} {} secret-a",
+        from_a.display()
+    ))
+    .unwrap();
+    b.ask(&format!(
+        "encrypt {compartment} {} secret-b",
+        from_b.display()
+    ))
+    .unwrap();
     for node in [&mut a, &mut b, &mut c] {
         for (file, text) in [(&from_a, "secret-a"), (&from_b, "secret-b")] {
             let answer = node.ask(&format!("decrypt {compartment} {}", file.display()));
@@ -312,7 +326,9 @@ async fn node_process() {
     let db = Postgres::connect(&url).await.expect("connect");
     let plane = ControlPlane::builder()
         .postgres(&db)
-        .provider_managed(Arc::new(LocalKms::open(&provider_key).expect("provider key")))
+        .provider_managed(Arc::new(
+            LocalKms::open(&provider_key).expect("provider key"),
+        ))
         .factory(Arc::new(DisableableKeys))
         .build()
         .expect("plane");
@@ -377,7 +393,9 @@ async fn command(plane: &ControlPlane, line: &str) -> cmek::Result<String> {
         }
         ["encrypt", compartment, file, text] => {
             let compartment = CompartmentId::new(*compartment)?;
-            let envelope = client.encrypt_compact(&compartment, text.as_bytes(), b"").await?;
+            let envelope = client
+                .encrypt_compact(&compartment, text.as_bytes(), b"")
+                .await?;
             std::fs::write(file, envelope)?;
             Ok(String::new())
         }
