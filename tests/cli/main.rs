@@ -4,5 +4,6 @@ mod control_plane;
 mod envelopes;
 mod mistakes;
 mod objects;
+mod postgres_state;
 mod streams;
 mod support;

@@ -12,7 +12,9 @@ pub(crate) fn cmek(args: &[&str], stdin: Option<&[u8]>) -> Output {
 /// Runs `cmek` in the working directory `dir` (the test's own when `None`).
 pub(crate) fn cmek_in(dir: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cmek"));
-    command.env_remove("CMEK_STATE");
+    command
+        .env_remove("CMEK_STATE")
+        .env_remove("CMEK_PROVIDER_KEY");
     if let Some(dir) = dir {
         command.current_dir(dir);
     }
