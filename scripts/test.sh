@@ -49,7 +49,10 @@ as_pg() {
   # initdb and postgres refuse to run as root.
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
-[ "$(id -u)" = 0 ] && chown postgres: "$pg_dir"
+# TLS with a throwaway authority (tests/postgres/tls.rs); plain connections stay allowed.
+mkdir "$pg_dir/tls"
+"$venv/bin/python" scripts/pg_tls.py "$pg_dir/tls"
+[ "$(id -u)" = 0 ] && chown -R postgres: "$pg_dir"
 as_pg "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres --no-sync >"$pg_dir/initdb.log"
 
 pids=()
@@ -86,7 +89,7 @@ azurite_port=$(free_port)
 pids+=($!)
 pg_port=$(free_port)
 as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -o \
-  "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off -c max_connections=300" \
+  "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off -c max_connections=300 -c ssl=on -c ssl_cert_file=$pg_dir/tls/server.crt -c ssl_key_file=$pg_dir/tls/server.key" \
   start >/dev/null
 wait_for "$moto_port"
 wait_for "$drongo_port"
@@ -97,6 +100,7 @@ export CMEK_TEST_DRONGO_URL="http://127.0.0.1:$drongo_port"
 # object_store's Azure client finds Azurite here (with_use_emulator).
 export AZURITE_BLOB_STORAGE_URL="http://127.0.0.1:$azurite_port"
 export CMEK_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+export CMEK_TEST_POSTGRES_CA="$pg_dir/tls/ca.pem"
 export CMEK_REQUIRE_EMULATORS=1
 # An independent Cobblestone implementation (pyca/cryptography) for tests/cobblestone.rs.
 export CMEK_TEST_PYTHON="$PWD/$venv/bin/python"

@@ -11,6 +11,7 @@ use futures_util::future::Either;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use super::tls::Tls;
 use super::{OpError, Postgres, column};
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -303,20 +304,30 @@ async fn listen_and_apply(
 ) -> Result<()> {
     let mut config = (*db.config).clone();
     config.application_name("cmek-feed");
-    let (listener, mut connection) = tokio::time::timeout(db.timeout, config.connect(NoTls))
+    // The connection delivers notifications to whoever polls it: they are forwarded here.
+    let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
+    let connecting = async {
+        Ok::<_, tokio_postgres::Error>(match &db.tls {
+            Tls::Plain => {
+                let (listener, connection) = config.connect(NoTls).await?;
+                (
+                    listener,
+                    tokio::spawn(forward_notifications(connection, wake)),
+                )
+            }
+            Tls::Rustls(tls) => {
+                let (listener, connection) = config.connect(tls.clone()).await?;
+                (
+                    listener,
+                    tokio::spawn(forward_notifications(connection, wake)),
+                )
+            }
+        })
+    };
+    let (listener, driver) = tokio::time::timeout(db.timeout, connecting)
         .await
         .map_err(|_| Error::transient("the change feed could not connect in time"))?
         .map_err(|e| super::errors::db_error(e, "connecting the change feed", &db.target))?;
-    // The connection delivers notifications to whoever polls it: forward them.
-    let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(_) = message {
-                let _ = wake.send(());
-            }
-        }
-    });
     let _stop_driver = AbortOnDrop(driver);
     if options.listen {
         db.timed("listening", async {
@@ -386,6 +397,22 @@ async fn catch_up(
         state.progress.notify_waiters();
         if read < BATCH {
             return Ok(());
+        }
+    }
+}
+
+/// Drives `connection`, sending a wake-up for every notification on it.
+async fn forward_notifications<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    wake: tokio::sync::mpsc::UnboundedSender<()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(Ok(message)) = messages.next().await {
+        if let AsyncMessage::Notification(_) = message {
+            let _ = wake.send(());
         }
     }
 }

@@ -6,14 +6,18 @@ use crate::error::{Error, ErrorKind};
 
 /// The cmek error for a failed statement while `doing` something on the database at `target`.
 pub(super) fn db_error(e: tokio_postgres::Error, doing: &str, target: &str) -> Error {
+    let refusal = super::tls::refusal(&e);
     let kind = match e.code() {
         Some(code) => kind_of(code),
+        // TLS refused the server (an unknown authority, another name): a setup to fix.
+        None if refusal.is_some() => ErrorKind::Configuration,
         // No SQLSTATE: the connection broke, timed out or was never made.
         None => ErrorKind::Transient,
     };
-    let reason = match e.as_db_error() {
-        Some(db) => db.message().to_owned(),
-        None => e.to_string(),
+    let reason = match (e.as_db_error(), refusal) {
+        (Some(db), _) => db.message().to_owned(),
+        (None, Some(refusal)) => format!("{e}: {refusal}"),
+        (None, None) => e.to_string(),
     };
     Error::new(kind, format!("PostgreSQL at {target}: {doing}: {reason}")).with_source(e)
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::control_store::time_of;
-use super::{OpError, Postgres, column};
+use super::{OpError, Postgres, column, transaction};
 use crate::control::JobLease;
 use crate::error::Result;
 
@@ -30,8 +30,11 @@ impl Postgres {
     ) -> Result<JobLease> {
         let ttl_ns = i64::try_from(ttl.as_nanos()).unwrap_or(i64::MAX / 2);
         self.timed("taking a job lease", async {
-            let client = self.client().await?;
-            let taken = client
+            // At READ COMMITTED whatever the database's default: a racer waits for the row
+            // the winner wrote and then sees it, rather than failing to serialize.
+            let mut client = self.client().await?;
+            let tx = transaction(&mut client).await?;
+            let taken = tx
                 .query_opt(
                     &format!(
                         "INSERT INTO cmek_leases AS l (job, holder, expires_at_ns)
@@ -45,10 +48,12 @@ impl Postgres {
                 )
                 .await?;
             if let Some(row) = taken {
-                return lease_of(job, &row);
+                let lease = lease_of(job, &row)?;
+                tx.commit().await?;
+                return Ok(lease);
             }
             // Held by another node: say who (if it was given up meanwhile, the caller retries).
-            let row = client
+            let row = tx
                 .query_opt(
                     "SELECT holder, expires_at_ns FROM cmek_leases WHERE job = $1",
                     &[&job],
@@ -69,13 +74,14 @@ impl Postgres {
 
     pub(super) async fn release_lease(&self, job: &str, holder: &str) -> Result<()> {
         self.timed("giving up a job lease", async {
-            self.client()
-                .await?
-                .execute(
-                    "DELETE FROM cmek_leases WHERE job = $1 AND holder = $2",
-                    &[&job, &holder],
-                )
-                .await?;
+            let mut client = self.client().await?;
+            let tx = transaction(&mut client).await?;
+            tx.execute(
+                "DELETE FROM cmek_leases WHERE job = $1 AND holder = $2",
+                &[&job, &holder],
+            )
+            .await?;
+            tx.commit().await?;
             Ok(())
         })
         .await

@@ -26,8 +26,10 @@
 //! node saw at the KMS) is recorded with it and pushed to every node: [`Postgres::follow`]
 //! starts a [`ChangeFeed`] that applies them to a node's [`Client`](crate::Client).
 //!
-//! Connections are plain TCP: use it on a private network or over a local socket (TLS is not
-//! offered yet).
+//! Connections use TLS (rustls) when the URL asks for it with `sslmode=require`,
+//! `verify-ca` or `verify-full`; each verifies the server's certificate and name, against the
+//! system's certificate authorities or those of `sslrootcert=<PEM file>`. Otherwise they are
+//! plain TCP, for a private network or a local socket.
 
 mod audit;
 mod changes;
@@ -36,6 +38,7 @@ mod dek_store;
 mod errors;
 mod leases;
 mod schema;
+mod tls;
 
 use std::fmt;
 use std::time::Duration;
@@ -50,6 +53,7 @@ pub use dek_store::PostgresDekStore;
 
 use crate::error::{Error, Result};
 use errors::db_error;
+use tls::Tls;
 
 /// How long one database operation may take (a connection from the pool, the statement
 /// and its answer) before it fails with a transient error.
@@ -63,6 +67,8 @@ const DEFAULT_MAX_CONNECTIONS: usize = 16;
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
+    /// How connections are made (plain, or TLS with these roots).
+    tls: Tls,
     /// For connections of their own (the change feed's listener).
     config: std::sync::Arc<tokio_postgres::Config>,
     timeout: Duration,
@@ -91,9 +97,7 @@ impl Postgres {
 
     /// A pool to `url` that connects on first use and does not migrate.
     pub(crate) fn lazy(url: &str) -> Result<Self> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| Error::invalid_input(format!("not a PostgreSQL URL: {e}")))?;
+        let (mut config, tls) = tls::configure(url)?;
         config.connect_timeout(DEFAULT_TIMEOUT);
         // The server gives up too, so that a node cut off mid-transaction holds no lock for
         // longer than this (the counter of changes is one row every writer takes).
@@ -109,13 +113,13 @@ impl Postgres {
         }
         let target = target_of(&config);
         let shared = std::sync::Arc::new(config.clone());
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let recycling = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Tls::Plain => Manager::from_config(config, NoTls, recycling()),
+            Tls::Rustls(tls) => Manager::from_config(config, tls.clone(), recycling()),
+        };
         let pool = Pool::builder(manager)
             .max_size(DEFAULT_MAX_CONNECTIONS)
             .wait_timeout(Some(DEFAULT_TIMEOUT))
@@ -126,6 +130,7 @@ impl Postgres {
             .map_err(|e| Error::configuration(format!("PostgreSQL pool: {e}")))?;
         Ok(Self {
             pool,
+            tls,
             config: shared,
             timeout: DEFAULT_TIMEOUT,
             target: target.into(),
@@ -245,6 +250,7 @@ impl fmt::Debug for Postgres {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Postgres")
             .field("target", &self.target)
+            .field("tls", &matches!(self.tls, Tls::Rustls(_)))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }

@@ -7,6 +7,7 @@ mod faults;
 mod feed;
 mod migrations;
 mod nodes;
+mod tls;
 
 use std::sync::{Arc, Mutex};
 
