@@ -322,6 +322,29 @@ async fn purge_forgets_a_compartment() {
 }
 
 #[tokio::test]
+async fn purge_all_forgets_every_compartment() {
+    let (client, kms) = faulty_client(CacheConfig::default());
+    let (a, b) = (compartment("qa"), compartment("qb"));
+    let env_a = client.encrypt(&a, b"a", b"").await.unwrap();
+    let env_b = client.encrypt(&b, b"b", b"").await.unwrap();
+    client.decrypt(&a, &env_a, b"").await.unwrap();
+    assert_eq!((kms.wrap_calls(), kms.unwrap_calls()), (2, 0));
+    client.purge_all();
+    assert_ne!(
+        dek_id(&env_a),
+        dek_id(&client.encrypt(&a, b"a2", b"").await.unwrap())
+    );
+    assert_ne!(
+        dek_id(&env_b),
+        dek_id(&client.encrypt(&b, b"b2", b"").await.unwrap())
+    );
+    assert_eq!(kms.wrap_calls(), 4);
+    client.decrypt(&a, &env_a, b"").await.unwrap();
+    client.decrypt(&b, &env_b, b"").await.unwrap();
+    assert_eq!(kms.unwrap_calls(), 2, "decryption DEKs were forgotten too");
+}
+
+#[tokio::test]
 async fn capacity_bounds_the_cache_and_counts_evictions() {
     let mut cache = CacheConfig::default();
     cache.encrypt_capacity = 50;

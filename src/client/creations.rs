@@ -76,6 +76,13 @@ impl Locked<'_> {
         }
     }
 
+    /// Invalidates every creation under way.
+    pub(super) fn invalidate_all(&mut self) {
+        for c in self.0.values_mut() {
+            c.invalidated = true;
+        }
+    }
+
     /// Invalidates every creation under `key_config`.
     pub(super) fn invalidate_key_config(&mut self, key_config: &KeyConfigId) {
         for c in self.0.values_mut() {

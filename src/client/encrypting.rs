@@ -295,6 +295,13 @@ impl Inner {
     pub(super) fn drop_encryption_deks(&self, key_config: &KeyConfigId) {
         self.retire_encryption_deks(key_config, |_| true);
     }
+
+    /// Stops new encryptions under every cached DEK at once.
+    pub(super) fn drop_all_encryption_deks(&self) {
+        let mut locked = self.creations.lock_all();
+        locked.invalidate_all();
+        self.enc.retire(|_| true);
+    }
 }
 
 #[cfg(test)]

@@ -434,6 +434,13 @@ impl Client {
             .forget(|open| open.dek.compartment == *compartment);
     }
 
+    /// Drops every cached DEK, for encryption and decryption: each compartment's next use
+    /// asks its key resolver and KMS again (a node that missed changes resynchronises so).
+    pub fn purge_all(&self) {
+        self.inner.drop_all_encryption_deks();
+        self.inner.dec.forget(|_| true);
+    }
+
     /// Treats `key_config` as revoked by this client: new encryptions under it fail at once with
     /// [`KeyRevoked`](crate::ErrorKind::KeyRevoked); decryptions fail at once or once cached
     /// DEKs expire, per `mode`.

@@ -36,6 +36,7 @@ mod changes;
 mod control_store;
 mod dek_store;
 mod errors;
+mod feed;
 mod leases;
 mod schema;
 mod tls;
@@ -47,9 +48,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 pub use audit::PostgresAuditSink;
-pub use changes::{Change, ChangeFeed, FeedOptions};
+pub use changes::Change;
 pub use control_store::PostgresControlStore;
 pub use dek_store::PostgresDekStore;
+pub use feed::{ChangeFeed, FeedOptions};
 
 use crate::error::{Error, Result};
 use errors::db_error;

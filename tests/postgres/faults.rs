@@ -419,3 +419,79 @@ async fn a_rewrap_started_on_two_nodes_runs_once() {
     assert_eq!((job.rewrapped, job.already_current), (0, 20), "{job:?}");
     assert_eq!(job.node.as_deref(), Some("node-b"));
 }
+
+/// Changes a node had not read were pruned while it was cut off: once back, it cannot know
+/// what they were, so it drops every cached DEK (here a compartment no change named).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_missed_pruned_changes_drops_every_cached_dek() {
+    let Some(server) = server() else { return };
+    let url = fresh_database(&server).await;
+    let upstream = address_of(&url);
+    let proxy = Proxy::start(upstream.clone()).await;
+    let customer = Arc::new(FaultyKms::new(
+        LocalKms::generate("local:customer").unwrap(),
+    ));
+    let admin_db = Postgres::connect(&url).await.unwrap();
+    let admin = plane_on(&admin_db, customer.clone(), "admin");
+    let node_db = Postgres::connect(&proxy.url(&url, &upstream))
+        .await
+        .unwrap();
+    let node = plane_on(&node_db, customer.clone(), "node");
+    let options = FeedOptions::default().poll_every(Duration::from_millis(100));
+    let feed = node_db
+        .follow(node.client().clone(), options)
+        .await
+        .unwrap();
+
+    let actor = Actor::new("admin@example.com");
+    let key = admin
+        .create_external_key(&actor, CreateExternalKey::new("customer", local_config()))
+        .await
+        .unwrap();
+    admin.validate_external_key(&actor, &key.id).await.unwrap();
+    let warm = admin
+        .create_compartment(&actor, Some(&key.id))
+        .await
+        .unwrap()
+        .compartment_id;
+    let other = admin
+        .create_compartment(&actor, None)
+        .await
+        .unwrap()
+        .compartment_id;
+    let envelope = admin
+        .client()
+        .encrypt_compact(&warm, b"warm", b"")
+        .await
+        .unwrap();
+    let client = node.client();
+    assert_eq!(
+        client.decrypt(&warm, &envelope, b"").await.unwrap(),
+        b"warm"
+    );
+    let published = admin_db.generation().await.unwrap();
+    assert!(feed.wait_for(published, Duration::from_secs(5)).await);
+    let unwraps = customer.unwrap_calls();
+    client.decrypt(&warm, &envelope, b"").await.unwrap();
+    assert_eq!(customer.unwrap_calls(), unwraps, "served from the cache");
+
+    proxy.stop();
+    admin
+        .attach_external_key(&actor, &other, &key.id)
+        .await
+        .unwrap();
+    assert!(admin_db.prune_changes(Duration::ZERO).await.unwrap() >= 1);
+    proxy.start_again();
+    let current = admin_db.generation().await.unwrap();
+    assert!(
+        feed.wait_for(current, Duration::from_secs(10)).await,
+        "{feed:?}"
+    );
+    assert_eq!(feed.resyncs(), 1, "{feed:?}");
+    client.decrypt(&warm, &envelope, b"").await.unwrap();
+    assert_eq!(
+        customer.unwrap_calls(),
+        unwraps + 1,
+        "the cached DEK was dropped: the KMS is asked again"
+    );
+}
