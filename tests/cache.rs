@@ -344,6 +344,34 @@ async fn purge_all_forgets_every_compartment() {
     assert_eq!(kms.unwrap_calls(), 2, "decryption DEKs were forgotten too");
 }
 
+/// An eviction while an unwrap is in flight: the unwrapped DEK serves the caller that asked,
+/// but is not cached, so the eviction is not undone (the next decryption asks the KMS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_during_a_fill_is_not_undone_by_it() {
+    let (client, kms) = faulty_client(CacheConfig::default());
+    let c = compartment("fill-race");
+    let env = client.encrypt(&c, b"secret", b"").await.unwrap();
+    client.purge(&c);
+    kms.set_latency(Duration::from_millis(200));
+    let filling = {
+        let (client, c, env) = (client.clone(), c.clone(), env.clone());
+        tokio::spawn(async move { client.decrypt(&c, &env, b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(kms.unwrap_calls(), 1, "the fill is under way");
+    client.evict(&key_config());
+    assert_eq!(filling.await.unwrap().unwrap(), b"secret");
+    kms.set_latency(Duration::ZERO);
+    client.decrypt(&c, &env, b"").await.unwrap();
+    assert_eq!(
+        kms.unwrap_calls(),
+        2,
+        "the DEK the eviction raced with was cached"
+    );
+    client.decrypt(&c, &env, b"").await.unwrap();
+    assert_eq!(kms.unwrap_calls(), 2, "a fill after the eviction is cached");
+}
+
 #[tokio::test]
 async fn capacity_bounds_the_cache_and_counts_evictions() {
     let mut cache = CacheConfig::default();

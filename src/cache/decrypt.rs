@@ -1,7 +1,8 @@
 //! The decryption side: unwrapped DEKs by id, with an age limit.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{self, Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use coarsetime::Instant;
@@ -93,6 +94,9 @@ pub(crate) struct DecryptLimits {
 pub(crate) struct DecryptCache {
     pub(crate) map: SnapshotMap<DekId, Arc<OpenDek>>,
     pub(crate) limits: DecryptLimits,
+    /// Bumped by every [`DecryptCache::forget`]: a DEK unwrapped by a flight that began before
+    /// one is not cached, so a purge or eviction is never undone by a fill it raced with.
+    epoch: AtomicU64,
 }
 
 impl DecryptCache {
@@ -103,12 +107,33 @@ impl DecryptCache {
                 max_age: config.decrypt_max_age,
                 refresh_age: config.decrypt_max_age.mul_f64(config.refresh_fraction),
             },
+            epoch: AtomicU64::new(0),
         }
     }
 
-    /// Forgets every DEK for which `forget` says so.
+    /// Forgets every DEK for which `forget` says so, and every fill under way.
     pub(crate) fn forget(&self, forget: impl Fn(&OpenDek) -> bool) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.map.retain(|_, open| !forget(open));
+    }
+
+    /// The epoch a fill begins in, for [`DecryptCache::insert_since`].
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Caches `open` unless a [`DecryptCache::forget`] happened since `epoch`; whether it did.
+    pub(crate) fn insert_since(&self, epoch: u64, id: DekId, open: &Arc<OpenDek>) -> bool {
+        if self.epoch() != epoch {
+            return false;
+        }
+        self.map.insert(id, open.clone());
+        // A forget between the check and the insert may have missed it: take it out again.
+        if self.epoch() != epoch {
+            self.map.remove_if(&id, |cur| Arc::ptr_eq(cur, open));
+            return false;
+        }
+        true
     }
 
     /// DEKs cached.

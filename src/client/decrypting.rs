@@ -93,11 +93,12 @@ impl Inner {
                         {
                             return Ok(open);
                         }
+                        let epoch = inner.dec.epoch();
                         let record = match inline {
                             Some(record) => record,
                             None => inner.stored_record(&c, &dek_id).await?,
                         };
-                        inner.open_record(record).await
+                        inner.open_record(record, epoch).await
                     })
                     .boxed()
                 },
@@ -183,8 +184,10 @@ impl Inner {
         Ok(record)
     }
 
-    /// Unwraps a DEK record and puts it in the decryption cache.
-    async fn open_record(self: &Arc<Self>, record: DekRecord) -> Result<Arc<OpenDek>> {
+    /// Unwraps a DEK record and puts it in the decryption cache, unless the cache forgot
+    /// something since `epoch` (a purge or eviction raced with this fill: the DEK serves this
+    /// caller only).
+    async fn open_record(self: &Arc<Self>, record: DekRecord, epoch: u64) -> Result<Arc<OpenDek>> {
         let material = self.unwrap_record(&record).await?;
         self.ensure_not_revoked(&record.key_config)?;
         let open = Arc::new(OpenDek::new(
@@ -192,7 +195,7 @@ impl Inner {
             CoarseInstant::now(),
             &self.dec.limits,
         ));
-        self.dec.map.insert(record.dek_id, open.clone());
+        self.dec.insert_since(epoch, record.dek_id, &open);
         Ok(open)
     }
 
@@ -239,6 +242,7 @@ impl Inner {
         let (inner, open) = (self.clone(), open.clone());
         runtime.spawn(async move {
             let deadline = Instant::now() + inner.layers.deadline;
+            let epoch = inner.dec.epoch();
             let outcome = match open.dek.record() {
                 Ok(record) => {
                     deadline::within(deadline, inner.unwrap_record(&record))
@@ -254,7 +258,10 @@ impl Inner {
                         CoarseInstant::now(),
                         &inner.dec.limits,
                     ));
-                    inner.dec.map.insert(open.dek.id, fresh);
+                    // Unless it was forgotten meanwhile: then it stays out.
+                    if !inner.dec.insert_since(epoch, open.dek.id, &fresh) {
+                        open.release_refresh();
+                    }
                 }
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(dek_id = %open.dek.id, error = %e, "background unwrap failed; the cached key stays until it expires");

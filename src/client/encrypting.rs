@@ -152,6 +152,7 @@ impl Inner {
             return Ok(Some(current));
         }
         let ticket = self.creations.begin(compartment);
+        let epoch = self.dec.epoch();
         let first = self.resolver.encryption_key(compartment).await?;
         ticket.resolved(&first.key_config);
         let binding = self.resolver.encryption_key(compartment).await?;
@@ -193,9 +194,10 @@ impl Inner {
             &self.enc.limits,
             self.counters.retired_encryptions.clone(),
         ));
-        self.dec.map.insert(
+        self.dec.insert_since(
+            epoch,
             dek_id,
-            Arc::new(OpenDek::new(loaded, now, &self.dec.limits)),
+            &Arc::new(OpenDek::new(loaded, now, &self.dec.limits)),
         );
         Counters::bump(&self.counters.deks_created);
         if !ticket.finish(|| self.enc.map.insert(compartment.clone(), active.clone())) {
