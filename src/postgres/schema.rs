@@ -76,11 +76,37 @@ CREATE TABLE cmek_audit (
 );
 ";
 
-/// Every migration, in order: `(version, SQL)`.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
+/// One migration: its version, its SQL, and the oldest schema version whose cmek still
+/// works correctly on a database after it (its own version unless it only adds what older
+/// nodes may ignore, such as an index): this lets a rolling deploy keep older nodes running.
+struct Migration {
+    version: i32,
+    compatible_from: i32,
+    sql: &'static str,
+}
+
+/// Every migration, in order. Version 2 made every change record itself for the other
+/// nodes, and version 3 made jobs take leases: nodes that do neither are not compatible.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        compatible_from: 1,
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        compatible_from: 2,
+        sql: V2,
+    },
+    Migration {
+        version: 3,
+        compatible_from: 3,
+        sql: V3,
+    },
+];
 
 /// The version [`migrate`] brings a database to.
-pub(super) const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+pub(super) const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
 /// The advisory lock migrations hold (an arbitrary constant: "cmek" in ASCII).
 const MIGRATION_LOCK: i64 = 0x636d_656b;
@@ -99,19 +125,37 @@ async fn current_version(client: &impl GenericClient) -> Result<i32, OpError> {
     Ok(super::column::<Option<i32>>(&row, 0)?.unwrap_or(0))
 }
 
-fn newer(current: i32) -> OpError {
-    Error::configuration(format!(
-        "the database's cmek schema is version {current}, newer than this cmek knows ({LATEST}): upgrade cmek"
+/// A database at `current`, newer than this cmek: usable if the newer cmek that migrated it
+/// declared this version compatible, refused otherwise.
+async fn newer(client: &impl GenericClient, current: i32) -> Result<i32, OpError> {
+    let row = client
+        .query_one(
+            "SELECT compatible_from FROM cmek_schema WHERE version = $1",
+            &[&current],
+        )
+        .await?;
+    let compatible_from = super::column::<Option<i32>>(&row, 0)?.unwrap_or(current);
+    if compatible_from <= LATEST {
+        tracing::info!(
+            database = current,
+            this = LATEST,
+            "the database's cmek schema is newer, and compatible with this cmek"
+        );
+        return Ok(current);
+    }
+    Err(Error::configuration(format!(
+        "the database's cmek schema is version {current}, newer than this cmek knows ({LATEST}) and not compatible with it (it needs version {compatible_from} at least): upgrade cmek"
     ))
-    .into()
+    .into())
 }
 
 /// Applies the migrations the database lacks, in one transaction. A database already up to
-/// date is only read (a role without the right to create tables can connect).
+/// date is only read (a role without the right to create tables can connect); a newer one
+/// is used if it says it is compatible with this version.
 pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<i32, OpError> {
     match current_version(&*client).await? {
         LATEST => return Ok(LATEST),
-        current if current > LATEST => return Err(newer(current)),
+        current if current > LATEST => return newer(&*client, current).await,
         _ => {}
     }
     let tx = super::transaction(client).await?;
@@ -121,17 +165,21 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<i3
         "CREATE TABLE IF NOT EXISTS cmek_schema (
             version integer PRIMARY KEY,
             applied_at timestamptz NOT NULL DEFAULT now()
-        )",
+        );
+        ALTER TABLE cmek_schema ADD COLUMN IF NOT EXISTS compatible_from integer",
     )
     .await?;
     let current = current_version(&tx).await?;
     if current > LATEST {
-        return Err(newer(current));
+        return newer(&tx, current).await;
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        tx.batch_execute(sql).await?;
-        tx.execute("INSERT INTO cmek_schema (version) VALUES ($1)", &[version])
-            .await?;
+    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+        tx.batch_execute(migration.sql).await?;
+        tx.execute(
+            "INSERT INTO cmek_schema (version, compatible_from) VALUES ($1, $2)",
+            &[&migration.version, &migration.compatible_from],
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(LATEST)

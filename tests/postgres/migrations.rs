@@ -48,6 +48,42 @@ async fn a_newer_schema_is_refused() {
     assert!(err.to_string().contains("1000"), "{err}");
 }
 
+/// A rolling deploy: a newer cmek migrated the database and declared this version
+/// compatible, so nodes of this version keep starting.
+#[tokio::test]
+async fn a_newer_schema_declared_compatible_is_used() {
+    let Some(server) = server() else { return };
+    let url = fresh_database(&server).await;
+    Postgres::connect(&url).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO cmek_schema (version, compatible_from) VALUES (1000, $1)",
+            &[&Postgres::schema_version()],
+        )
+        .await
+        .unwrap();
+    let db = Postgres::connect(&url)
+        .await
+        .expect("a compatible newer schema");
+    let id = cmek::DekId::random().unwrap();
+    let compartment = cmek::CompartmentId::new("tenant").unwrap();
+    use cmek::DekStore as _;
+    assert_eq!(db.dek_store().get(&compartment, &id).await.unwrap(), None);
+    client
+        .execute(
+            "UPDATE cmek_schema SET compatible_from = 999 WHERE version = 1000",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = Postgres::connect(&url).await.expect_err("not compatible");
+    assert!(err.to_string().contains("999"), "{err}");
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_a_transient_error() {
     // A port nothing listens on (bound, then closed).
