@@ -116,6 +116,17 @@ impl ControlPlane {
         &self.client
     }
 
+    /// The activity feed: up to `limit` audit events after the cursor `after` (0 for the
+    /// first page, then [`AuditPage::next`]), oldest first, from every node sharing the audit
+    /// trail.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Configuration`](crate::ErrorKind::Configuration) when the audit sink
+    /// cannot be read back (`tracing`); the sink's failure.
+    pub async fn activity(&self, after: u64, limit: usize) -> Result<AuditPage> {
+        self.inner.audit.page(after, limit).await
+    }
+
     /// Runs `op` (building a backend, which may ask the cloud for credentials) within the
     /// client's deadline.
     async fn within_deadline<T>(

@@ -129,6 +129,35 @@ fn control_plane_commands_over_postgres() {
     let (good, job, _, err) = on_db(&url, &provider, &["rewrap", &id], None);
     assert!(good, "{err}");
     assert_eq!(job["already_current"], 1, "{job}");
+
+    // Every invocation's changes are in one activity feed, read page by page.
+    let (mut actions, mut after) = (Vec::new(), 0u64);
+    loop {
+        let (good, page, _, err) = on_db(
+            &url,
+            &provider,
+            &["activity", "--after", &after.to_string(), "--limit", "2"],
+            None,
+        );
+        assert!(good, "{err}");
+        for event in page["data"].as_array().unwrap() {
+            assert_eq!(event["actor"], "ops@example.com", "{event}");
+            actions.push(string(&event["action"]));
+        }
+        after = page["next"].as_u64().unwrap();
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    for action in [
+        "external_key.create",
+        "external_key.validate",
+        "compartment.create",
+        "rewrap.start",
+        "rewrap.complete",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
 }
 
 /// A password in the URL is never printed, even when the server cannot be reached.

@@ -198,3 +198,10 @@ pub(crate) async fn rewrap(state: StateArgs, id: String, batch: usize) -> cmek::
         ExitCode::FAILURE
     })
 }
+
+/// `cmek activity …`: one page of the activity feed.
+pub(crate) async fn activity(state: StateArgs, after: u64, limit: usize) -> cmek::Result<ExitCode> {
+    let (plane, _) = open(&state, Create::No).await?;
+    print(&plane.activity(after, limit).await?)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -65,6 +65,18 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 100)]
         batch: usize,
     },
+    /// Prints a page of the activity feed (the audit trail) as
+    /// `{"data": [...], "has_more": …, "next": …}`.
+    Activity {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The cursor: 0 for the first page, then the previous page's `next`.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Events per page.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 /// The control plane's embedded state.

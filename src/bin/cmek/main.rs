@@ -51,6 +51,11 @@ async fn run(cli: Cli) -> cmek::Result<ExitCode> {
             external_key_id,
             batch,
         } => return admin::rewrap(state, external_key_id, batch).await,
+        Command::Activity {
+            state,
+            after,
+            limit,
+        } => return admin::activity(state, after, limit).await,
         Command::Keygen { out, key_id } => {
             let key_id = match key_id {
                 Some(id) => id,
