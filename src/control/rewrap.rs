@@ -208,10 +208,15 @@ impl ControlPlane {
             .within_deadline(self.inner.backends.built(&key))
             .await?
             .backend;
-        // One node at a time: the others are told who runs it.
+        // One run at a time, across nodes and on this one: the others are told who runs it.
         let lease = rewrap_job_name(id);
-        let (node, ttl) = (self.inner.node.as_str(), self.inner.job_lease);
-        if let Err(e) = self.inner.store.acquire_lease(&lease, node, ttl).await {
+        let holder = format!("{}/run-{:08x}", self.inner.node, rand::random::<u32>());
+        if let Err(e) = self
+            .inner
+            .store
+            .acquire_lease(&lease, &holder, self.inner.job_lease)
+            .await
+        {
             self.inner
                 .record(
                     AuditEvent::new(actor, "rewrap.start", Outcome::Failure)
@@ -222,9 +227,9 @@ impl ControlPlane {
             return Err(e);
         }
         let outcome = self
-            .rewrap_holding_lease(actor, id, &key, keys, batch, &mut progress)
+            .rewrap_holding_lease(actor, id, &key, keys, batch, &holder, &mut progress)
             .await;
-        if let Err(e) = self.inner.store.release_lease(&lease, node).await {
+        if let Err(e) = self.inner.store.release_lease(&lease, &holder).await {
             tracing::warn!(error = %e, job = lease, "could not give up a job lease; it lapses by itself");
         }
         outcome
@@ -239,8 +244,10 @@ impl ControlPlane {
         self.inner.store.lease(job).await
     }
 
-    /// The rest of [`ControlPlane::rewrap`], once this node holds the job's lease (renewed
-    /// after every batch).
+    /// The rest of [`ControlPlane::rewrap`], once `holder` holds the job's lease. The lease
+    /// is renewed before every checkpoint; a run that lost it (stalled for longer than its
+    /// time to live, and another took over) stops without writing its progress over theirs.
+    #[allow(clippy::too_many_arguments)]
     async fn rewrap_holding_lease(
         &self,
         actor: &Actor,
@@ -248,11 +255,20 @@ impl ControlPlane {
         key: &super::ExternalKey,
         keys: std::sync::Arc<RotatingBackend>,
         batch: usize,
+        holder: &str,
         progress: &mut impl FnMut(&RewrapJob),
     ) -> Result<RewrapJob> {
         let target = keys.wrapping_key_id().unwrap_or_default().to_owned();
         let lease = rewrap_job_name(id);
         let (node, ttl) = (self.inner.node.as_str(), self.inner.job_lease);
+        let lost = std::cell::Cell::new(false);
+        let renew = async || match self.inner.store.acquire_lease(&lease, holder, ttl).await {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                lost.set(true);
+                Err(e)
+            }
+            other => other.map(drop),
+        };
         let mut job = match self.inner.store.rewrap_job(id).await? {
             Some(job) if job.target_key_ref == target && job.finished_at.is_none() => job,
             _ => RewrapJob::new(id.clone(), target.clone()),
@@ -276,13 +292,17 @@ impl ControlPlane {
         };
         let outcome = rewrapper
             .run(&mut job, &compartments, batch, async |job: &RewrapJob| {
+                renew().await?;
                 store.put_rewrap_job(job).await?;
-                // Renewed, or lost to another node after a stall longer than its time to live.
-                store.acquire_lease(&lease, node, ttl).await?;
                 progress(job);
                 Ok(())
             })
             .await;
+        // The final write needs the lease too.
+        let outcome = match outcome {
+            Ok(()) => renew().await,
+            Err(e) => Err(e),
+        };
         let summary = |job: &RewrapJob| {
             format!(
                 "examined {}, rewrapped {}, already current {}, unreadable {}",
@@ -309,7 +329,9 @@ impl ControlPlane {
                 Ok(job)
             }
             Err(e) => {
-                self.inner.store.put_rewrap_job(&job).await?;
+                if !lost.get() {
+                    self.inner.store.put_rewrap_job(&job).await?;
+                }
                 self.inner
                     .record(
                         AuditEvent::new(actor, "rewrap.complete", Outcome::Failure)

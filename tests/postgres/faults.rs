@@ -387,16 +387,23 @@ async fn a_rewrap_started_on_two_nodes_runs_once() {
         .unwrap();
     new.set_latency(Duration::from_millis(20));
 
-    let (on_a, on_b) = tokio::join!(a.rewrap(&actor, &key.id, 5, |_| {}), async {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        b.rewrap(&actor, &key.id, 5, |_| {}).await
-    });
-    let job = on_a.expect("node a runs the rewrap");
+    let (on_a, on_b) = tokio::join!(
+        a.rewrap(&actor, &key.id, 5, |_| {}),
+        b.rewrap(&actor, &key.id, 5, |_| {})
+    );
+    // Either may win; exactly one does, and the other names it.
+    let (job, refused, winner) = match (on_a, on_b) {
+        (Ok(job), Err(e)) => (job, e, "node-a"),
+        (Err(e), Ok(job)) => (job, e, "node-b"),
+        (a, b) => panic!("not exactly one run: {a:?} / {b:?}"),
+    };
     assert_eq!(job.rewrapped, 20, "{job:?}");
-    assert_eq!(job.node.as_deref(), Some("node-a"));
-    let refused = on_b.expect_err("node b finds the lease held");
+    assert_eq!(job.node.as_deref(), Some(winner));
     assert_eq!(refused.kind(), ErrorKind::AlreadyExists, "{refused}");
-    assert!(refused.message().contains("held by node-a"), "{refused}");
+    assert!(
+        refused.message().contains(&format!("held by {winner}")),
+        "{refused}"
+    );
     assert_eq!(
         a.job_lease(&format!("rewrap.{}", key.id)).await.unwrap(),
         None
@@ -493,5 +500,90 @@ async fn a_node_that_missed_pruned_changes_drops_every_cached_dek() {
         customer.unwrap_calls(),
         unwraps + 1,
         "the cached DEK was dropped: the KMS is asked again"
+    );
+}
+
+/// A run that stalls for longer than its lease lives loses the job to another node: it stops
+/// at its next checkpoint without writing its progress over the new holder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rewrap_that_lost_its_lease_stops_without_writing() {
+    let Some(server) = server() else { return };
+    let url = fresh_database(&server).await;
+    let old = Arc::new(LocalKms::generate("local:old").unwrap());
+    let new = Arc::new(FaultyKms::new(LocalKms::generate("local:new").unwrap()));
+    let keys = SharedKeys(vec![
+        ("/shared/customer.key", old),
+        ("/shared/new.key", new.clone()),
+    ]);
+    let db = Postgres::connect(&url).await.unwrap();
+    let plane = ControlPlane::builder()
+        .postgres(&db)
+        .provider_managed(Arc::new(LocalKms::generate("local:provider").unwrap()))
+        .factory(Arc::new(keys))
+        .node("slow-node")
+        .job_lease(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let actor = Actor::new("admin@example.com");
+    let key = plane
+        .create_external_key(&actor, CreateExternalKey::new("customer", local_config()))
+        .await
+        .unwrap();
+    plane.validate_external_key(&actor, &key.id).await.unwrap();
+    for _ in 0..3 {
+        let c = plane
+            .create_compartment(&actor, Some(&key.id))
+            .await
+            .unwrap()
+            .compartment_id;
+        plane
+            .client()
+            .encrypt_compact(&c, b"data", b"")
+            .await
+            .unwrap();
+    }
+    plane
+        .rotate_external_key(&actor, &key.id, config_of("/shared/new.key"))
+        .await
+        .unwrap();
+    // Each batch (one record) takes longer than the lease lives.
+    new.set_latency(Duration::from_millis(400));
+    let job = format!("rewrap.{}", key.id);
+    let thief = {
+        let (store, job) = (db.control_store(), job.clone());
+        tokio::spawn(async move {
+            loop {
+                if store
+                    .acquire_lease(&job, "thief", Duration::from_secs(60))
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let err = plane
+        .rewrap(&actor, &key.id, 1, |_| {})
+        .await
+        .expect_err("the lease was taken over");
+    thief.await.unwrap();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    assert!(err.message().contains("held by thief"), "{err}");
+    assert_eq!(
+        db.control_store().rewrap_job(&key.id).await.unwrap(),
+        None,
+        "the run that lost its lease wrote its progress"
+    );
+    assert_eq!(
+        plane
+            .job_lease(&job)
+            .await
+            .unwrap()
+            .map(|l| l.holder)
+            .as_deref(),
+        Some("thief"),
+        "the run gave up a lease it no longer held"
     );
 }
