@@ -240,9 +240,9 @@ impl Inner {
         }
         Counters::bump(&self.counters.refreshes);
         let (inner, open) = (self.clone(), open.clone());
+        let epoch = self.dec.epoch();
         runtime.spawn(async move {
             let deadline = Instant::now() + inner.layers.deadline;
-            let epoch = inner.dec.epoch();
             let outcome = match open.dek.record() {
                 Ok(record) => {
                     deadline::within(deadline, inner.unwrap_record(&record))
@@ -258,8 +258,14 @@ impl Inner {
                         CoarseInstant::now(),
                         &inner.dec.limits,
                     ));
-                    // Unless it was forgotten meanwhile: then it stays out.
-                    if !inner.dec.insert_since(epoch, open.dek.id, &fresh) {
+                    // Only in place of the entry it refreshes, and unless something was
+                    // forgotten meanwhile: a purge is never undone by a refresh.
+                    let still_cached = inner
+                        .dec
+                        .map
+                        .get(&open.dek.id)
+                        .is_some_and(|current| Arc::ptr_eq(&current, &open));
+                    if !still_cached || !inner.dec.insert_since(epoch, open.dek.id, &fresh) {
                         open.release_refresh();
                     }
                 }

@@ -129,7 +129,11 @@ impl Postgres {
             let client = self.client().await?;
             Ok(client
                 .execute(
-                    "DELETE FROM cmek_changes WHERE made_at < now() - make_interval(secs => $1)",
+                    // Only ever a prefix (times need not follow the numbers), so that a
+                    // feed sees a gap wherever something it had not read is gone.
+                    "DELETE FROM cmek_changes WHERE generation <= (
+                         SELECT max(generation) FROM cmek_changes
+                         WHERE made_at < now() - make_interval(secs => $1))",
                     &[&older_than.as_secs_f64()],
                 )
                 .await?)

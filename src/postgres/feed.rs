@@ -330,32 +330,64 @@ async fn catch_up(
             current = counted;
             changes.extend(change);
         }
-        let next = changes
-            .first()
-            .map_or(current, |(generation, _)| generation - 1);
-        if next > after {
-            tracing::warn!(
-                after,
-                next,
-                "changes this node had not read were pruned: dropping every cached DEK"
-            );
-            client.purge_all();
-            state.resyncs.fetch_add(1, Ordering::AcqRel);
-            state.applied.store(next, Ordering::Release);
+        if current < after {
+            // The counter went back (a restore, a failover to a replica that lagged): the
+            // numbers this node applied will be used again for other changes.
+            resync(client, state, current, "the change counter went back");
+            continue;
         }
         let read = changes.len() as i64;
+        let mut previous = after;
         for (generation, change) in changes {
+            if generation != previous + 1 {
+                resync(
+                    client,
+                    state,
+                    generation - 1,
+                    "changes it had not read were pruned",
+                );
+            }
             match change {
                 Some(change) => change.apply(client),
-                None => tracing::warn!(generation, "skipped a change this cmek does not know"),
+                // Made by a newer cmek: what it asks is unknown, so do everything.
+                None => resync(
+                    client,
+                    state,
+                    generation,
+                    "a change this cmek does not know",
+                ),
             }
+            previous = generation;
             state.applied.store(generation, Ordering::Release);
+        }
+        if read == 0 && current > after {
+            resync(
+                client,
+                state,
+                current,
+                "changes it had not read were pruned",
+            );
         }
         state.progress.notify_waiters();
         if read < BATCH {
             return Ok(());
         }
     }
+}
+
+/// Drops every cached DEK of `client`, which covers whatever changes it could not apply,
+/// and moves the feed on to the generation `to`.
+fn resync(client: &Client, state: &FeedState, to: i64, why: &str) {
+    let from = state.applied.load(Ordering::Acquire);
+    tracing::warn!(
+        from,
+        to,
+        why,
+        "change feed resynchronised: every cached DEK dropped"
+    );
+    client.purge_all();
+    state.resyncs.fetch_add(1, Ordering::AcqRel);
+    state.applied.store(to, Ordering::Release);
 }
 
 /// Drives `connection`, sending a wake-up for every notification on it.

@@ -291,3 +291,48 @@ async fn a_revocation_one_node_sees_reaches_the_others() {
         "the control: a node without a feed decrypts from its cache until max age"
     );
 }
+
+/// The database was restored from an older backup: the change counter went back, and the
+/// numbers a node applied are used again for other changes. The node cannot tell what it
+/// missed, so it drops every cached DEK and follows on from the new numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_counter_that_went_back_resynchronises() {
+    let Some(server) = server() else { return };
+    let url = fresh_database(&server).await;
+    let provider = Arc::new(LocalKms::generate("local:provider").unwrap());
+    let a = node(&url, &provider, None).await;
+    let b = node(
+        &url,
+        &provider,
+        Some(FeedOptions::default().poll_every(Duration::from_millis(50))),
+    )
+    .await;
+    let feed = b.feed.as_ref().unwrap();
+    let mut last = 0;
+    for i in 0..3 {
+        let change = cmek::postgres::Change::Purged(CompartmentId::new(format!("t-{i}")).unwrap());
+        last = a.db.publish(&change).await.unwrap();
+    }
+    assert!(
+        feed.wait_for(last, Duration::from_secs(5)).await,
+        "{feed:?}"
+    );
+    assert_eq!(feed.resyncs(), 0);
+
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute("UPDATE cmek_generation SET value = 0; DELETE FROM cmek_changes")
+        .await
+        .unwrap();
+    let change = cmek::postgres::Change::Purged(CompartmentId::new("t-new").unwrap());
+    assert_eq!(a.db.publish(&change).await.unwrap(), 1);
+    let started = std::time::Instant::now();
+    while feed.resyncs() == 0 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(feed.resyncs(), 1, "{feed:?}");
+    assert_eq!(feed.generation(), 1, "{feed:?}");
+}
