@@ -156,6 +156,16 @@ async fn the_suite_catches_a_lease_given_to_every_node() {
 async fn memory_and_file_audit_sinks_pass_the_suite() {
     store_conformance::audit_sink(Arc::new(MemoryAuditSink::new())).await;
     let dir = tempfile::tempdir().unwrap();
-    let sink = JsonLinesAuditSink::open(dir.path().join("audit.jsonl")).unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let sink = JsonLinesAuditSink::open(&path).unwrap();
     store_conformance::audit_sink(Arc::new(sink)).await;
+    // A line a crash cut short: the trail stays readable, and new events follow it.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, br#"{"time":"2026-12-02T00:00:00Z","act"#).unwrap();
+    drop(file);
+    let sink = Arc::new(JsonLinesAuditSink::open(&path).unwrap());
+    store_conformance::audit_sink(sink).await;
 }

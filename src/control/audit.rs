@@ -115,6 +115,15 @@ pub trait AuditSink: Send + Sync + fmt::Debug + 'static {
     /// When the event cannot be recorded.
     async fn record(&self, event: &AuditEvent) -> Result<()>;
 
+    /// Records `event` without waiting, if this sink can (memory, files, `tracing`); `None`
+    /// for a sink that must wait (a database), the default. Key events arrive where nothing
+    /// can wait: a sink that can records them before the call that saw them returns, the
+    /// others from a task a moment later.
+    fn record_now(&self, event: &AuditEvent) -> Option<Result<()>> {
+        let _ = event;
+        None
+    }
+
     /// Reads the trail back as an activity feed, oldest first: up to `limit` events after the
     /// cursor `after` (0 for the beginning; then [`AuditPage::next`]).
     ///
@@ -166,6 +175,14 @@ impl MemoryAuditSink {
         Self::default()
     }
 
+    fn push(&self, event: &AuditEvent) -> Result<()> {
+        self.events
+            .lock()
+            .map_err(|_| Error::configuration("audit sink lock poisoned"))?
+            .push(event.clone());
+        Ok(())
+    }
+
     /// Every event so far.
     pub fn events(&self) -> Vec<AuditEvent> {
         self.events.lock().map(|e| e.clone()).unwrap_or_default()
@@ -192,11 +209,11 @@ impl MemoryAuditSink {
 #[async_trait]
 impl AuditSink for MemoryAuditSink {
     async fn record(&self, event: &AuditEvent) -> Result<()> {
-        self.events
-            .lock()
-            .map_err(|_| Error::configuration("audit sink lock poisoned"))?
-            .push(event.clone());
-        Ok(())
+        self.push(event)
+    }
+
+    fn record_now(&self, event: &AuditEvent) -> Option<Result<()>> {
+        Some(self.push(event))
     }
 
     async fn page(&self, after: u64, limit: usize) -> Result<AuditPage> {
@@ -229,6 +246,20 @@ impl JsonLinesAuditSink {
             .map_err(|e| {
                 Error::from(e).with_context(format!("opening {}", path.as_ref().display()))
             })?;
+        // A line cut short by a crash mid-write is ended, so the next event starts a line
+        // of its own (the cut one is then skipped as unreadable when read back).
+        let length = file.metadata()?.len();
+        if length > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8; 1];
+            let mut reader = std::fs::File::open(path.as_ref())?;
+            reader.seek(SeekFrom::Start(length - 1))?;
+            reader.read_exact(&mut last)?;
+            if last != *b"\n" {
+                (&file).write_all(b"\n")?;
+                file.sync_data()?;
+            }
+        }
         Ok(Self {
             path: path.as_ref().to_owned(),
             file: Mutex::new(file),
@@ -236,9 +267,8 @@ impl JsonLinesAuditSink {
     }
 }
 
-#[async_trait]
-impl AuditSink for JsonLinesAuditSink {
-    async fn record(&self, event: &AuditEvent) -> Result<()> {
+impl JsonLinesAuditSink {
+    fn append(&self, event: &AuditEvent) -> Result<()> {
         let mut line =
             serde_json::to_vec(event).map_err(|e| Error::configuration(e.to_string()))?;
         line.push(b'\n');
@@ -250,22 +280,36 @@ impl AuditSink for JsonLinesAuditSink {
         file.sync_data()?;
         Ok(())
     }
+}
+
+#[async_trait]
+impl AuditSink for JsonLinesAuditSink {
+    async fn record(&self, event: &AuditEvent) -> Result<()> {
+        self.append(event)
+    }
+
+    fn record_now(&self, event: &AuditEvent) -> Option<Result<()>> {
+        Some(self.append(event))
+    }
 
     async fn page(&self, after: u64, limit: usize) -> Result<AuditPage> {
         let path = self.path.clone();
         crate::files::blocking(move || {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| Error::from(e).with_context(format!("reading {}", path.display())))?;
-            // A line cut short by a crash while writing is not an event (yet).
-            let events = text
+            // Complete lines only: the last one may be under way. A line a crash cut short
+            // (ended when the file was next opened) is passed over with a warning.
+            let events: Vec<AuditEvent> = text
                 .split_inclusive('\n')
                 .filter(|line| line.ends_with('\n'))
-                .map(|line| {
-                    serde_json::from_str(line).map_err(|e| {
-                        Error::invalid_input(format!("{} is corrupt: {e}", path.display()))
-                    })
+                .filter_map(|line| match serde_json::from_str(line) {
+                    Ok(event) => Some(event),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "an audit line cut short is passed over");
+                        None
+                    }
                 })
-                .collect::<Result<Vec<AuditEvent>>>()?;
+                .collect();
             Ok(AuditPage::slice(&events, after, limit))
         })
         .await
@@ -279,6 +323,18 @@ pub struct TracingAuditSink;
 #[async_trait]
 impl AuditSink for TracingAuditSink {
     async fn record(&self, event: &AuditEvent) -> Result<()> {
+        self.emit(event);
+        Ok(())
+    }
+
+    fn record_now(&self, event: &AuditEvent) -> Option<Result<()>> {
+        self.emit(event);
+        Some(Ok(()))
+    }
+}
+
+impl TracingAuditSink {
+    fn emit(&self, event: &AuditEvent) {
         tracing::info!(
             target: "cmek::audit",
             action = event.action.as_str(),
@@ -289,7 +345,6 @@ impl AuditSink for TracingAuditSink {
             detail = event.detail.as_deref().unwrap_or(""),
             "audit"
         );
-        Ok(())
     }
 }
 

@@ -119,10 +119,11 @@ impl ControlPlaneBuilder {
         self
     }
 
-    /// How long a job's lease (a rewrap's) lasts unless renewed; renewed after every batch,
-    /// and what a crashed node holds a job for at most. Default 60 s.
+    /// How long a job's lease (a rewrap's) lasts unless renewed; renewed before every
+    /// checkpoint, and what a crashed node holds a job for at most. Default 60 s; kept
+    /// between 100 ms and 7 days.
     pub fn job_lease(mut self, ttl: std::time::Duration) -> Self {
-        self.job_lease = Some(ttl);
+        self.job_lease = Some(ttl.clamp(super::jobs::MIN_LEASE, super::jobs::MAX_LEASE));
         self
     }
 
@@ -174,8 +175,9 @@ impl ControlPlaneBuilder {
 
 /// Writes the key events an admin should see into the audit trail: revocations detected,
 /// access restored, degraded mode starting and ending. Key events arrive synchronously (a
-/// listener must not block) and recording is asynchronous, so they go in order through a
-/// channel to one task on the runtime that saw the first of them.
+/// listener must not block): a sink that can record without waiting does so at once; for
+/// the others they go in order through a channel to one task on the runtime that saw the
+/// first of them.
 struct KeyEventAudit {
     audit: Arc<dyn AuditSink>,
     queue: Mutex<Option<mpsc::UnboundedSender<AuditEvent>>>,
@@ -193,6 +195,12 @@ impl KeyEventAudit {
         let Some(record) = audit_event_of(event) else {
             return;
         };
+        if let Some(recorded) = self.audit.record_now(&record) {
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, action = record.action, "could not record a key event in the audit trail");
+            }
+            return;
+        }
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         // The task is gone when its runtime was shut down: start another on this one.
         let record = match queue.as_ref() {

@@ -13,6 +13,12 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// The longest a lease lasts without renewal, whatever is asked.
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The shortest lease a control plane takes.
+pub(crate) const MIN_LEASE: Duration = Duration::from_millis(100);
+
 /// Who runs a job, and until when (unless renewed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -27,12 +33,12 @@ pub struct JobLease {
 }
 
 impl JobLease {
-    /// A lease of `job` for `holder`, from `now` for `ttl`.
+    /// A lease of `job` for `holder`, from `now` for `ttl` (at most [`MAX_LEASE`]).
     pub(crate) fn new(job: &str, holder: &str, now: OffsetDateTime, ttl: Duration) -> Self {
         Self {
             job: job.to_owned(),
             holder: holder.to_owned(),
-            expires_at: now + ttl,
+            expires_at: now + ttl.min(MAX_LEASE),
         }
     }
 

@@ -116,9 +116,10 @@ pub trait ControlStore: Send + Sync + fmt::Debug + 'static {
     /// The store's failure.
     async fn rewrap_job(&self, key: &ExternalKeyId) -> Result<Option<RewrapJob>>;
 
-    /// Takes (or renews) the lease of `job` for `holder` for `ttl`, by the store's clock, if
-    /// no other holder has it or theirs has lapsed: atomically, so of nodes racing for a job
-    /// exactly one gets it.
+    /// Takes (or renews) the lease of `job` for `holder` for `ttl` if no other holder has it
+    /// or theirs has lapsed: atomically, so of nodes racing for a job exactly one gets it.
+    /// Times are the store's: the database's clock for PostgreSQL, this machine's for the
+    /// memory and file stores (whose nodes share a machine).
     ///
     /// # Errors
     /// [`ErrorKind::AlreadyExists`] (409, conflict) naming the holder and when the lease

@@ -28,7 +28,8 @@ impl Postgres {
         holder: &str,
         ttl: Duration,
     ) -> Result<JobLease> {
-        let ttl_ns = i64::try_from(ttl.as_nanos()).unwrap_or(i64::MAX / 2);
+        let ttl = ttl.min(crate::control::jobs::MAX_LEASE);
+        let ttl_ns = i64::try_from(ttl.as_nanos()).unwrap_or(i64::MAX / 4);
         self.timed("taking a job lease", async {
             // At READ COMMITTED whatever the database's default: a racer waits for the row
             // the winner wrote and then sees it, rather than failing to serialize.

@@ -128,10 +128,12 @@ async fn current_version(client: &impl GenericClient) -> Result<i32, OpError> {
 /// A database at `current`, newer than this cmek: usable if the newer cmek that migrated it
 /// declared this version compatible, refused otherwise.
 async fn newer(client: &impl GenericClient, current: i32) -> Result<i32, OpError> {
+    // Every migration this cmek does not know must allow it (a version without the column
+    // allows only itself).
     let row = client
         .query_one(
-            "SELECT compatible_from FROM cmek_schema WHERE version = $1",
-            &[&current],
+            "SELECT max(coalesce(compatible_from, version)) FROM cmek_schema WHERE version > $1",
+            &[&LATEST],
         )
         .await?;
     let compatible_from = super::column::<Option<i32>>(&row, 0)?.unwrap_or(current);

@@ -1,5 +1,5 @@
-//! TLS to the server through rustls. `sslmode=require`, `verify-ca` or `verify-full` in the
-//! URL turns it on, and every one of them verifies the server's certificate chain and its
+//! TLS to the server through rustls. `sslmode=require`, `verify-ca` or `verify-full` in a
+//! `postgres://` URL turns it on, and every one of them verifies the server's certificate chain and its
 //! name (stricter than libpq's `require`, which checks neither); `sslrootcert=<PEM file>`
 //! names the certificate authorities to trust instead of the system's. Without them the
 //! connection is plain TCP (`sslmode=disable` or `prefer`, the default): for a private network
@@ -45,9 +45,10 @@ pub(super) fn configure(url: &str) -> Result<(tokio_postgres::Config, Tls)> {
         return Ok((config, Tls::Plain));
     }
     config.ssl_mode(SslMode::Require);
-    let roots = match &options.root_cert {
-        Some(path) => roots_from(path)?,
-        None => system_roots()?,
+    // `sslrootcert=system` (as libpq spells it) is the system's authorities, the default.
+    let roots = match options.root_cert.as_deref() {
+        Some(path) if path != "system" => roots_from(path)?,
+        _ => system_roots()?,
     };
     let client = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -59,49 +60,36 @@ pub(super) fn configure(url: &str) -> Result<(tokio_postgres::Config, Tls)> {
     Ok((config, Tls::Rustls(MakeRustlsConnect::new(client))))
 }
 
-/// Splits `sslrootcert` off `url` and turns `verify-ca`/`verify-full` into `require`.
+/// Splits `sslrootcert` off a `postgres://` URL's query and turns `verify-ca`/`verify-full`
+/// into `require`. The key-value form (`host=… dbname=…`) is passed on as it is: there
+/// tokio-postgres refuses these options, so TLS with them needs the URL form.
 fn take_options(url: &str) -> (String, TlsOptions) {
     let mut options = TlsOptions::default();
-    let mut take = |key: &str, value: &str| -> Option<String> {
-        match (key, value) {
-            ("sslrootcert", path) => {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return (url.to_owned(), options);
+    }
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), options);
+    };
+    let kept: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| match p.split_once('=') {
+            Some(("sslrootcert", path)) => {
                 options.root_cert = Some(percent_decoded(path));
                 None
             }
-            ("sslmode", "verify-ca" | "verify-full") => {
+            Some(("sslmode", "verify-ca" | "verify-full")) => {
                 options.verify = true;
                 Some("sslmode=require".to_owned())
             }
-            _ => Some(format!("{key}={value}")),
-        }
-    };
-    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        match url.split_once('?') {
-            Some((base, query)) => {
-                let kept: Vec<_> = query
-                    .split('&')
-                    .filter(|p| !p.is_empty())
-                    .filter_map(|p| {
-                        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                        take(k, v)
-                    })
-                    .collect();
-                if kept.is_empty() {
-                    base.to_owned()
-                } else {
-                    format!("{base}?{}", kept.join("&"))
-                }
-            }
-            None => url.to_owned(),
-        }
+            _ => Some(p.to_owned()),
+        })
+        .collect();
+    let rest = if kept.is_empty() {
+        base.to_owned()
     } else {
-        url.split_whitespace()
-            .filter_map(|p| match p.split_once('=') {
-                Some((k, v)) => take(k, v),
-                None => Some(p.to_owned()),
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+        format!("{base}?{}", kept.join("&"))
     };
     (rest, options)
 }
@@ -202,9 +190,12 @@ mod tests {
                 root_cert: Some("/etc/ca.pem".to_owned())
             }
         );
-        let (rest, options) = take_options("host=db sslmode=verify-ca sslrootcert=/ca.pem");
-        assert_eq!(rest, "host=db sslmode=require");
-        assert!(options.verify);
+        // The key-value form is left to tokio-postgres, which refuses these options.
+        let kv = "host=db password='a  b' sslmode=verify-ca";
+        assert_eq!(take_options(kv), (kv.to_owned(), TlsOptions::default()));
+        assert!(configure(kv).is_err());
+        let (rest, _) = take_options("postgres://db/cmek?flag&sslmode=disable");
+        assert_eq!(rest, "postgres://db/cmek?flag&sslmode=disable");
         let (rest, options) = take_options("postgres://db/cmek?sslrootcert=/ca.pem");
         assert_eq!(rest, "postgres://db/cmek");
         assert_eq!(options.root_cert.as_deref(), Some("/ca.pem"));

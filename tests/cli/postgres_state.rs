@@ -103,6 +103,12 @@ fn control_plane_commands_over_postgres() {
     );
     assert!(good, "{err}");
     let c = string(&compartment["compartment_id"]);
+    // A mistyped key file path does not make a new provider-managed key for a database that
+    // has state: the other nodes could not read what it encrypts.
+    let typo = dir.path().join("provider.kye");
+    let (good, _, _, err) = on_db(&url, &typo, &["compartments", "create"], None);
+    assert!(!good && err.contains("restore it from a backup"), "{err}");
+    assert!(!typo.exists());
 
     // A compact envelope written by one invocation is read by another: its DEK record is in
     // the database, not in a file of either.
@@ -113,7 +119,6 @@ fn control_plane_commands_over_postgres() {
         Some(b"shared across nodes"),
     );
     assert!(good, "{err}");
-    assert!(!dir.path().join("dek_records").exists());
     let (good, _, plaintext, err) = on_db(
         &url,
         &provider,

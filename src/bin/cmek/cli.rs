@@ -85,7 +85,7 @@ pub(crate) struct StateArgs {
     /// The control plane's state: a directory (configurations, compartments, DEK records,
     /// the audit trail and the provider-managed key file, created on first use), or a
     /// `postgres://` URL shared by every node (then give --provider-key too).
-    #[arg(long, env = "CMEK_STATE")]
+    #[arg(long, env = "CMEK_STATE", hide_env_values = true)]
     pub(crate) state: String,
     /// The provider-managed key file, with a PostgreSQL --state (created on first use; every
     /// node needs the same one).
@@ -199,7 +199,7 @@ pub(crate) struct CryptArgs {
     #[arg(long)]
     pub(crate) state: Option<String>,
     /// The provider-managed key file, with a PostgreSQL --state.
-    #[arg(long, env = "CMEK_PROVIDER_KEY", requires = "state")]
+    #[arg(long, env = "CMEK_PROVIDER_KEY")]
     pub(crate) provider_key: Option<PathBuf>,
     /// The compartment (tenant, workspace) the data belongs to.
     #[arg(long)]

@@ -98,7 +98,7 @@ pub(crate) struct StoreArgs {
     #[arg(long)]
     pub(crate) state: Option<String>,
     /// The provider-managed key file, with a PostgreSQL --state.
-    #[arg(long, env = "CMEK_PROVIDER_KEY", requires = "state")]
+    #[arg(long, env = "CMEK_PROVIDER_KEY")]
     pub(crate) provider_key: Option<PathBuf>,
     /// The key configuration id recorded in envelopes (with --key-file).
     #[arg(long, default_value = "local")]

@@ -4,9 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cmek::control::{
-    ControlPlane, ControlPlaneBuilder, DefaultBackendFactory, FileControlStore, JsonLinesAuditSink,
-};
+use cmek::control::{ControlPlane, DefaultBackendFactory, FileControlStore, JsonLinesAuditSink};
 use cmek::{Error, ErrorKind, FileDekStore, LocalKms};
 
 /// The provider-managed key's file in a state directory, and its key id.
@@ -42,23 +40,24 @@ pub(crate) async fn open_plane(
                 "with a PostgreSQL --state, give --provider-key (the provider-managed key file every node shares)",
             ));
         };
+        let db = cmek::postgres::Postgres::connect(state).await?;
+        // A new key for a database that has state already would make everything written
+        // under the key the other nodes have unreadable to them: a mistyped path, most likely.
+        let create = if create == Create::Yes && !key_file.exists() && has_state(&db).await? {
+            Create::No
+        } else {
+            create
+        };
         // (Not the URL in messages: it may hold a password.)
         let provider_managed = provider_managed_key(key_file, create, &"the database")?;
-        return on_postgres(state)
-            .await?
+        return ControlPlane::builder()
+            .postgres(&db)
             .factory(Arc::new(DefaultBackendFactory::new()))
             .provider_managed(Arc::new(provider_managed))
             .build();
     }
-    let dir = match provider_key {
-        None => Path::new(state),
-        Some(_) => {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "--provider-key goes with a PostgreSQL --state; a state directory keeps its own",
-            ));
-        }
-    };
+    // A directory keeps its own provider-managed key (CMEK_PROVIDER_KEY is for URLs).
+    let dir = Path::new(state);
     if create == Create::No && !dir.join("control").is_dir() {
         return Err(Error::new(
             ErrorKind::NotFound,
@@ -102,7 +101,9 @@ fn provider_managed_key(
     }
 }
 
-async fn on_postgres(url: &str) -> cmek::Result<ControlPlaneBuilder> {
-    let db = cmek::postgres::Postgres::connect(url).await?;
-    Ok(ControlPlane::builder().postgres(&db))
+/// Whether the database holds configurations or compartments already.
+async fn has_state(db: &cmek::postgres::Postgres) -> cmek::Result<bool> {
+    use cmek::control::ControlStore as _;
+    let store = db.control_store();
+    Ok(!store.external_keys().await?.is_empty() || !store.compartments().await?.is_empty())
 }
