@@ -125,7 +125,7 @@ impl Default for FeedOptions {
 /// because notifications sent while a listener is disconnected are lost.
 ///
 /// **Bound.** A change reaches a connected node within the notification's latency
-/// (milliseconds: p99 7.7 ms over loopback, see BENCHMARKS.md); one whose notification was
+/// (milliseconds: p99 3–8 ms over loopback, see BENCHMARKS.md); one whose notification was
 /// lost, within the poll interval (5 s unless set); a node cut off from the database, once
 /// it reconnects (after a pause of 10–50 % of the poll interval). A node that cannot reach
 /// the database at all still drops every cached DEK at its cache's max age (5 minutes by
