@@ -38,6 +38,7 @@ mod dek_store;
 mod errors;
 mod feed;
 mod leases;
+mod options;
 mod schema;
 mod tls;
 
@@ -52,17 +53,11 @@ pub use changes::Change;
 pub use control_store::PostgresControlStore;
 pub use dek_store::PostgresDekStore;
 pub use feed::{ChangeFeed, FeedOptions};
+pub use options::PostgresOptions;
 
 use crate::error::{Error, Result};
 use errors::db_error;
 use tls::Tls;
-
-/// How long one database operation may take (a connection from the pool, the statement
-/// and its answer) before it fails with a transient error.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connections a pool opens at most.
-const DEFAULT_MAX_CONNECTIONS: usize = 16;
 
 /// A pool of connections to one PostgreSQL database whose schema is up to date. Clones share
 /// the pool.
@@ -85,10 +80,18 @@ impl Postgres {
     /// # Errors
     /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a malformed URL;
     /// [`Transient`](crate::ErrorKind::Transient) when the server cannot be reached within
-    /// 5 seconds; [`Configuration`](crate::ErrorKind::Configuration) for refused credentials
+    /// 5 seconds (see [`Postgres::connect_with`]); [`Configuration`](crate::ErrorKind::Configuration) for refused credentials
     /// or a schema newer than this version of cmek knows.
     pub async fn connect(url: &str) -> Result<Self> {
-        let db = Self::lazy(url)?;
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// [`Postgres::connect`] with a pool size and timeout of one's own.
+    ///
+    /// # Errors
+    /// As for [`Postgres::connect`], within `options.timeout`.
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
+        let db = Self::lazy(url, options)?;
         db.timed("migrating the schema", async {
             let mut client = db.client().await?;
             schema::migrate(&mut client).await
@@ -98,17 +101,18 @@ impl Postgres {
     }
 
     /// A pool to `url` that connects on first use and does not migrate.
-    pub(crate) fn lazy(url: &str) -> Result<Self> {
+    pub(crate) fn lazy(url: &str, options: PostgresOptions) -> Result<Self> {
+        let timeout = options.timeout;
         let (mut config, tls) = tls::configure(url)?;
-        config.connect_timeout(DEFAULT_TIMEOUT);
+        config.connect_timeout(timeout);
         // The server gives up too, so that a node cut off mid-transaction holds no lock for
         // longer than this (the counter of changes is one row every writer takes).
-        let ms = DEFAULT_TIMEOUT.as_millis();
-        let options = format!(
+        let ms = timeout.as_millis();
+        let server_options = format!(
             "{} -c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={ms}",
             config.get_options().unwrap_or_default()
         );
-        config.options(options.trim());
+        config.options(server_options.trim());
         config.keepalives_idle(Duration::from_secs(30));
         if config.get_application_name().is_none() {
             config.application_name("cmek");
@@ -123,10 +127,10 @@ impl Postgres {
             Tls::Rustls(tls) => Manager::from_config(config, tls.clone(), recycling()),
         };
         let pool = Pool::builder(manager)
-            .max_size(DEFAULT_MAX_CONNECTIONS)
-            .wait_timeout(Some(DEFAULT_TIMEOUT))
-            .create_timeout(Some(DEFAULT_TIMEOUT))
-            .recycle_timeout(Some(DEFAULT_TIMEOUT))
+            .max_size(options.max_connections)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| Error::configuration(format!("PostgreSQL pool: {e}")))?;
@@ -134,7 +138,7 @@ impl Postgres {
             pool,
             tls,
             config: shared,
-            timeout: DEFAULT_TIMEOUT,
+            timeout,
             target: target.into(),
         })
     }
@@ -270,7 +274,11 @@ mod tests {
 
     #[test]
     fn the_password_is_never_printed() {
-        let db = Postgres::lazy("postgres://cmek:hunter2-secret@db.example:6543/state").unwrap();
+        let db = Postgres::lazy(
+            "postgres://cmek:hunter2-secret@db.example:6543/state",
+            PostgresOptions::default(),
+        )
+        .unwrap();
         for shown in [format!("{db:?}"), db.to_string()] {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(shown.contains("db.example:6543/state"), "{shown}");
@@ -279,7 +287,7 @@ mod tests {
 
     #[test]
     fn a_malformed_url_is_invalid_input() {
-        let err = Postgres::lazy("postgres://[::1").unwrap_err();
+        let err = Postgres::lazy("postgres://[::1", PostgresOptions::default()).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
     }
 }

@@ -128,3 +128,101 @@ async fn a_role_without_create_rights_connects_to_a_migrated_database() {
     let compartment = cmek::CompartmentId::new("tenant-role").unwrap();
     assert_eq!(db.dek_store().list(&compartment).await.unwrap(), vec![]);
 }
+
+/// A node's pool stays within its size however many tasks ask at once, and its timeout is
+/// in force: an attachment waiting on a row lock another session holds gives up in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pool_size_and_timeout_are_the_nodes_own() {
+    use cmek::control::ControlStore as _;
+    use cmek::postgres::PostgresOptions;
+    use std::time::{Duration, Instant};
+    let Some(server) = server() else { return };
+    let url = fresh_database(&server).await;
+    let options = PostgresOptions::default()
+        .max_connections(2)
+        .timeout(Duration::from_millis(500));
+    let db = Postgres::connect_with(&url, options).await.unwrap();
+    let store = db.dek_store();
+    let compartment = cmek::CompartmentId::new("tenant").unwrap();
+    let gets = (0..40).map(|_| {
+        let (store, compartment) = (store.clone(), compartment.clone());
+        async move {
+            use cmek::DekStore as _;
+            store.list(&compartment).await
+        }
+    });
+    for listed in futures_util::future::join_all(gets).await {
+        assert_eq!(listed.unwrap(), Vec::new());
+    }
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'cmek'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let open: i64 = row.get(0);
+    assert!(
+        (1..=2).contains(&open),
+        "{open} connections for a pool of 2"
+    );
+
+    // A compartment whose row another session holds: the attachment gives up in time.
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("customer.key");
+    cmek::LocalKms::create(&key_file, "local:customer").unwrap();
+    let plane = cmek::control::ControlPlane::builder()
+        .postgres(&db)
+        .provider_managed(std::sync::Arc::new(
+            cmek::LocalKms::generate("local:provider").unwrap(),
+        ))
+        .build()
+        .unwrap();
+    let actor = cmek::control::Actor::new("admin@example.com");
+    let config = cmek::control::ProviderConfig::Local {
+        key_file: key_file.display().to_string(),
+    };
+    let key = plane
+        .create_external_key(&actor, cmek::control::CreateExternalKey::new("k", config))
+        .await
+        .unwrap();
+    plane.validate_external_key(&actor, &key.id).await.unwrap();
+    let compartment = plane
+        .create_compartment(&actor, None)
+        .await
+        .unwrap()
+        .compartment_id;
+    let mut admin = admin;
+    let blocker = admin.transaction().await.unwrap();
+    blocker
+        .execute(
+            "SELECT 1 FROM cmek_compartments WHERE id = $1 FOR UPDATE",
+            &[&compartment.to_string()],
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = plane
+        .attach_external_key(&actor, &compartment, &key.id)
+        .await
+        .expect_err("the row is held");
+    assert_eq!(err.kind(), cmek::ErrorKind::Transient, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    blocker.rollback().await.unwrap();
+    assert!(
+        db.control_store()
+            .compartment(&compartment)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
