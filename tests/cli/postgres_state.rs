@@ -3,7 +3,7 @@
 //! database. Needs `CMEK_TEST_POSTGRES_URL` (`scripts/test.sh` starts a server).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::support::*;
 
@@ -46,22 +46,14 @@ fn on_db(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> (bool, serde_json::Value, Vec<u8>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cmek"))
-        .args(args)
-        .env("CMEK_STATE", url)
-        .env("CMEK_PROVIDER_KEY", provider_key)
-        .env("USER", "ops@example.com")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(bytes) = stdin {
-        std::io::Write::write_all(&mut input, bytes).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_cmek"))
+            .args(args)
+            .env("CMEK_STATE", url)
+            .env("CMEK_PROVIDER_KEY", provider_key)
+            .env("USER", "ops@example.com"),
+        stdin,
+    );
     let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     (
         out.status.success(),

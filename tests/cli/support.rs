@@ -22,7 +22,7 @@ pub(crate) fn cmek_in(dir: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -
 }
 
 /// Runs `command` with piped stdio, feeding it `stdin`.
-fn run(command: &mut Command, stdin: Option<&[u8]>) -> Output {
+pub(crate) fn run(command: &mut Command, stdin: Option<&[u8]>) -> Output {
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

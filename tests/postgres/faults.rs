@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cmek::control::{
-    Actor, BackendFactory, ControlPlane, ControlStore, CreateExternalKey, ProviderConfig,
+    Actor, BackendFactory, ControlPlane, ControlStore, CreateExternalKey, ExternalKey,
+    ProviderConfig,
 };
-use cmek::postgres::{FeedOptions, Postgres};
+use cmek::postgres::{ChangeFeed, FeedOptions, Postgres};
 use cmek::testkit::FaultyKms;
 use cmek::{ErrorKind, KmsBackend, LocalKms};
 use tokio::net::{TcpListener, TcpStream};
@@ -120,6 +121,45 @@ fn planes_on(db: &Postgres, keys: SharedKeys, node: &str) -> ControlPlane {
         .unwrap()
 }
 
+/// A validated configuration of the customer's key (`/shared/customer.key`), made on `plane`.
+async fn validated_key(plane: &ControlPlane, actor: &Actor) -> ExternalKey {
+    let request = CreateExternalKey::new("customer", local_config());
+    let key = plane.create_external_key(actor, request).await.unwrap();
+    plane.validate_external_key(actor, &key.id).await.unwrap();
+    key
+}
+
+/// A node that reaches the database through a [`Proxy`] and follows the changes (polling
+/// every `poll`), beside an admin node that reaches it directly; both use `customer`.
+struct CutOffNode {
+    proxy: Proxy,
+    admin_db: Postgres,
+    admin: ControlPlane,
+    node: ControlPlane,
+    feed: ChangeFeed,
+}
+
+async fn cut_off_node(url: &str, customer: Arc<dyn KmsBackend>, poll: Duration) -> CutOffNode {
+    let upstream = address_of(url);
+    let proxy = Proxy::start(upstream.clone()).await;
+    let admin_db = Postgres::connect(url).await.unwrap();
+    let admin = plane_on(&admin_db, customer.clone(), "admin");
+    let node_db = Postgres::connect(&proxy.url(url, &upstream)).await.unwrap();
+    let node = plane_on(&node_db, customer, "node");
+    let options = FeedOptions::default().poll_every(poll);
+    let feed = node_db
+        .follow(node.client().clone(), options)
+        .await
+        .unwrap();
+    CutOffNode {
+        proxy,
+        admin_db,
+        admin,
+        node,
+        feed,
+    }
+}
+
 fn local_config() -> ProviderConfig {
     config_of("/shared/customer.key")
 }
@@ -138,27 +178,17 @@ fn config_of(key_file: &str) -> ProviderConfig {
 async fn a_stopped_server_leaves_warm_paths_working_and_a_restart_resynchronises() {
     let Some(server) = server() else { return };
     let url = fresh_database(&server).await;
-    let upstream = address_of(&url);
-    let proxy = Proxy::start(upstream.clone()).await;
-    let customer: Arc<dyn KmsBackend> = Arc::new(LocalKms::generate("local:customer").unwrap());
-    let admin_db = Postgres::connect(&url).await.unwrap();
-    let admin = plane_on(&admin_db, customer.clone(), "admin");
-    let node_db = Postgres::connect(&proxy.url(&url, &upstream))
-        .await
-        .unwrap();
-    let node = plane_on(&node_db, customer.clone(), "node");
-    let options = FeedOptions::default().poll_every(Duration::from_millis(200));
-    let feed = node_db
-        .follow(node.client().clone(), options)
-        .await
-        .unwrap();
+    let customer = Arc::new(LocalKms::generate("local:customer").unwrap());
+    let CutOffNode {
+        proxy,
+        admin_db,
+        admin,
+        node,
+        feed,
+    } = cut_off_node(&url, customer, Duration::from_millis(200)).await;
 
     let actor = Actor::new("admin@example.com");
-    let key = admin
-        .create_external_key(&actor, CreateExternalKey::new("customer", local_config()))
-        .await
-        .unwrap();
-    admin.validate_external_key(&actor, &key.id).await.unwrap();
+    let key = validated_key(&admin, &actor).await;
     let warm = admin
         .create_compartment(&actor, Some(&key.id))
         .await
@@ -264,11 +294,7 @@ async fn a_connection_killed_mid_transaction_loses_nothing() {
     let db = Postgres::connect(&url).await.unwrap();
     let node = Arc::new(plane_on(&db, customer, "node"));
     let actor = Actor::new("admin@example.com");
-    let key = node
-        .create_external_key(&actor, CreateExternalKey::new("customer", local_config()))
-        .await
-        .unwrap();
-    node.validate_external_key(&actor, &key.id).await.unwrap();
+    let key = validated_key(&node, &actor).await;
     let compartment = node
         .create_compartment(&actor, None)
         .await
@@ -369,11 +395,7 @@ async fn a_rewrap_started_on_two_nodes_runs_once() {
     let a = planes_on(&db_a, keys.clone(), "node-a");
     let b = planes_on(&db_b, keys, "node-b");
     let actor = Actor::new("admin@example.com");
-    let key = a
-        .create_external_key(&actor, CreateExternalKey::new("customer", local_config()))
-        .await
-        .unwrap();
-    a.validate_external_key(&actor, &key.id).await.unwrap();
+    let key = validated_key(&a, &actor).await;
     for _ in 0..20 {
         let c = a
             .create_compartment(&actor, Some(&key.id))
@@ -433,29 +455,19 @@ async fn a_rewrap_started_on_two_nodes_runs_once() {
 async fn a_node_that_missed_pruned_changes_drops_every_cached_dek() {
     let Some(server) = server() else { return };
     let url = fresh_database(&server).await;
-    let upstream = address_of(&url);
-    let proxy = Proxy::start(upstream.clone()).await;
     let customer = Arc::new(FaultyKms::new(
         LocalKms::generate("local:customer").unwrap(),
     ));
-    let admin_db = Postgres::connect(&url).await.unwrap();
-    let admin = plane_on(&admin_db, customer.clone(), "admin");
-    let node_db = Postgres::connect(&proxy.url(&url, &upstream))
-        .await
-        .unwrap();
-    let node = plane_on(&node_db, customer.clone(), "node");
-    let options = FeedOptions::default().poll_every(Duration::from_millis(100));
-    let feed = node_db
-        .follow(node.client().clone(), options)
-        .await
-        .unwrap();
+    let CutOffNode {
+        proxy,
+        admin_db,
+        admin,
+        node,
+        feed,
+    } = cut_off_node(&url, customer.clone(), Duration::from_millis(100)).await;
 
     let actor = Actor::new("admin@example.com");
-    let key = admin
-        .create_external_key(&actor, CreateExternalKey::new("customer", local_config()))
-        .await
-        .unwrap();
-    admin.validate_external_key(&actor, &key.id).await.unwrap();
+    let key = validated_key(&admin, &actor).await;
     let warm = admin
         .create_compartment(&actor, Some(&key.id))
         .await
@@ -525,11 +537,7 @@ async fn a_rewrap_that_lost_its_lease_stops_without_writing() {
         .build()
         .unwrap();
     let actor = Actor::new("admin@example.com");
-    let key = plane
-        .create_external_key(&actor, CreateExternalKey::new("customer", local_config()))
-        .await
-        .unwrap();
-    plane.validate_external_key(&actor, &key.id).await.unwrap();
+    let key = validated_key(&plane, &actor).await;
     for _ in 0..3 {
         let c = plane
             .create_compartment(&actor, Some(&key.id))
